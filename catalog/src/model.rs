@@ -1,0 +1,579 @@
+//! The catalogue's objects: departments, principals, tokens, datasets and versions.
+//!
+//! Inputs (`New*`, `*Patch`) are what a client sends; they are checked by
+//! [`crate::validate`] into the stored objects, collecting every problem with
+//! the path of the field it concerns.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Defines a closed set of lowercase string values with serde, `Display` and `FromStr`.
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The wire and storage spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The accepted spellings joined for error messages.
+            pub fn expected() -> String {
+                [$($text),+].join("|")
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!("must be one of {}", Self::expected())),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Catalogue classification of the national catalogue guide.
+    Classification { Basic => "basic", Thematic => "thematic", Department => "department" }
+);
+string_enum!(
+    /// Sharing type under the Interim Measures.
+    SharingType { Unconditional => "unconditional", Conditional => "conditional", None => "none" }
+);
+string_enum!(
+    /// How often the provider updates the resource.
+    UpdateCycle {
+        Realtime => "realtime", Daily => "daily", Weekly => "weekly", Monthly => "monthly",
+        Quarterly => "quarterly", Yearly => "yearly", Irregular => "irregular"
+    }
+);
+string_enum!(
+    /// How sensitive the values of a column are.
+    Sensitivity { Public => "public", Internal => "internal", Personal => "personal", Secret => "secret" }
+);
+string_enum!(
+    /// Lifecycle of a dataset.
+    DatasetStatus { Active => "active", Retired => "retired" }
+);
+string_enum!(
+    /// What a principal may do, per the default policy.
+    Role { Admin => "admin", Steward => "steward", Analyst => "analyst", Service => "service", Auditor => "auditor" }
+);
+string_enum!(
+    /// A person or a system.
+    PrincipalKind { User => "user", Service => "service" }
+);
+
+/// The type of an information item (column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    Int64,
+    /// 64-bit float.
+    Float64,
+    /// true / false.
+    Boolean,
+    /// Calendar date.
+    Date,
+    /// Instant in time (UTC, microseconds).
+    Timestamp,
+    /// Fixed-point decimal with precision and scale.
+    Decimal {
+        /// Total digits, 1..=38.
+        precision: u8,
+        /// Digits after the point, 0..=precision.
+        scale: i8,
+    },
+}
+
+impl ColumnType {
+    /// The Arrow type the lake stores this column as.
+    pub fn arrow_type(self) -> arrow_schema::DataType {
+        use arrow_schema::{DataType, TimeUnit};
+        match self {
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+        }
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Int64 => f.write_str("int64"),
+            ColumnType::Float64 => f.write_str("float64"),
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Date => f.write_str("date"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::Decimal { precision, scale } => write!(f, "decimal({precision},{scale})"),
+        }
+    }
+}
+
+impl FromStr for ColumnType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "must be one of string|int64|float64|boolean|date|timestamp|decimal(p,s)";
+        let t = s.trim();
+        Ok(match t {
+            "string" => ColumnType::String,
+            "int64" => ColumnType::Int64,
+            "float64" => ColumnType::Float64,
+            "boolean" => ColumnType::Boolean,
+            "date" => ColumnType::Date,
+            "timestamp" => ColumnType::Timestamp,
+            _ => {
+                let inner = t
+                    .strip_prefix("decimal(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| EXPECTED.to_string())?;
+                let (p, s) = inner.split_once(',').ok_or_else(|| EXPECTED.to_string())?;
+                let precision: u8 = p.trim().parse().map_err(|_| EXPECTED.to_string())?;
+                let scale: i8 = s.trim().parse().map_err(|_| EXPECTED.to_string())?;
+                if !(1..=38).contains(&precision) {
+                    return Err("decimal precision must be between 1 and 38".into());
+                }
+                if scale < 0 || scale as u8 > precision {
+                    return Err("decimal scale must be between 0 and the precision".into());
+                }
+                ColumnType::Decimal { precision, scale }
+            }
+        })
+    }
+}
+
+impl Serialize for ColumnType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ColumnType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for ColumnType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^(string|int64|float64|boolean|date|timestamp|decimal\(\d+,\d+\))$"))
+            .examples([serde_json::json!("decimal(12,2)")])
+            .into()
+    }
+}
+
+impl ToSchema for ColumnType {}
+
+/// A department (provider or consumer of data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Department {
+    /// Lowercase SQL identifier, also the SQL schema of its datasets.
+    pub id: String,
+    /// Display name, e.g. `梅州市公安局`.
+    pub name: String,
+    /// Organisation code (9 characters, GB 11714) or unified social credit code (18, GB 32100).
+    pub org_code: Option<String>,
+    /// Administrative division code, 6 or 12 digits.
+    pub region: Option<String>,
+    /// The department above this one.
+    pub parent: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Input of `POST /api/v1/departments`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDepartment {
+    /// Lowercase SQL identifier (`[a-z][a-z0-9_]{0,62}`).
+    pub id: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Organisation code or unified social credit code.
+    pub org_code: Option<String>,
+    /// Administrative division code, 6 or 12 digits.
+    pub region: Option<String>,
+    /// Id of the parent department.
+    pub parent: Option<String>,
+}
+
+/// A person or system that authenticates to GDX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Principal {
+    /// Stable identifier.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The department it acts for; `None` only for the bootstrap administrator.
+    pub department: Option<String>,
+    /// User or service.
+    pub kind: PrincipalKind,
+    /// Roles held.
+    pub roles: Vec<Role>,
+    /// A disabled principal cannot authenticate.
+    pub disabled: bool,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Principal {
+    /// Whether the principal holds `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Input of `POST /api/v1/principals`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPrincipal {
+    /// Optional identifier (`[a-z][a-z0-9_.-]{0,62}`); generated when absent.
+    pub id: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Department id.
+    pub department: Option<String>,
+    /// At least one role.
+    pub roles: Option<Vec<String>>,
+    /// `user` (default) or `service`.
+    pub kind: Option<String>,
+}
+
+/// Input of `PATCH /api/v1/principals/{id}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalPatch {
+    /// Replaces the roles.
+    pub roles: Option<Vec<String>>,
+    /// Disables or re-enables the principal.
+    pub disabled: Option<bool>,
+}
+
+/// A bearer token's metadata (the secret is shown once and stored hashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Token id, used to revoke it.
+    pub id: String,
+    /// Whose token it is.
+    pub principal: String,
+    /// When it was issued.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// An information item: one column of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Column {
+    /// Lowercase SQL identifier.
+    pub name: String,
+    /// Value type.
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// Whether values may be missing.
+    pub nullable: bool,
+    /// Human title, e.g. `公民身份号码`.
+    pub title: Option<String>,
+    /// Sensitivity class.
+    pub sensitivity: Sensitivity,
+    /// Semantic type: `id_card`, `credit_code`, `phone`, `person_name`, `address`, ...
+    pub semantic: Option<String>,
+    /// Free description.
+    pub description: Option<String>,
+}
+
+/// A column as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewColumn {
+    /// Lowercase SQL identifier.
+    pub name: Option<String>,
+    /// `string|int64|float64|boolean|date|timestamp|decimal(p,s)`.
+    #[serde(rename = "type")]
+    pub column_type: Option<String>,
+    /// Default `true`.
+    pub nullable: Option<bool>,
+    /// Human title.
+    pub title: Option<String>,
+    /// `public|internal|personal|secret`, default `internal`.
+    pub sensitivity: Option<String>,
+    /// Semantic type.
+    pub semantic: Option<String>,
+    /// Free description.
+    pub description: Option<String>,
+}
+
+/// A catalogue entry (information resource).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Dataset {
+    /// `{department}.{name}`: the same string in URLs and SQL.
+    pub id: String,
+    /// Provider department.
+    pub department: String,
+    /// Lowercase SQL identifier within the department.
+    pub name: String,
+    /// Resource title.
+    pub title: String,
+    /// Resource code of the catalogue.
+    pub resource_code: String,
+    /// basic / thematic / department.
+    pub classification: Classification,
+    /// Category within the classification, e.g. `人口`.
+    pub category: Option<String>,
+    /// Abstract.
+    pub description: Option<String>,
+    /// Resource format; `table` by default.
+    pub format: String,
+    /// Sharing type.
+    pub sharing: SharingType,
+    /// Conditions of sharing (required when conditional).
+    pub sharing_condition: Option<String>,
+    /// Open to the public.
+    pub open: bool,
+    /// Update cycle.
+    pub update_cycle: UpdateCycle,
+    /// Publication date.
+    pub published_on: NaiveDate,
+    /// Related resource codes.
+    pub related: Vec<String>,
+    /// Information items.
+    pub columns: Vec<Column>,
+    /// Primary-key columns.
+    pub primary_key: Vec<String>,
+    /// active / retired.
+    pub status: DatasetStatus,
+    /// Latest committed version; `None` before the first push.
+    pub current_version: Option<i64>,
+    /// Rows in the current version.
+    pub row_count: i64,
+    /// Who registered it.
+    pub created_by: Option<String>,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// Last metadata change or commit.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Dataset {
+    /// The column called `name`.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The Arrow schema of the dataset's table.
+    pub fn arrow_schema(&self) -> arrow_schema::Schema {
+        arrow_schema::Schema::new(
+            self.columns
+                .iter()
+                .map(|c| arrow_schema::Field::new(&c.name, c.column_type.arrow_type(), c.nullable))
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// Input of `POST /api/v1/datasets`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDataset {
+    /// Provider department id (required).
+    pub department: Option<String>,
+    /// Lowercase SQL identifier (required).
+    pub name: Option<String>,
+    /// Title (required).
+    pub title: Option<String>,
+    /// Resource code (required, unique).
+    pub resource_code: Option<String>,
+    /// basic|thematic|department (required).
+    pub classification: Option<String>,
+    /// Category.
+    pub category: Option<String>,
+    /// Abstract.
+    pub description: Option<String>,
+    /// Format, default `table`.
+    pub format: Option<String>,
+    /// unconditional|conditional|none (required).
+    pub sharing: Option<String>,
+    /// Required when `sharing` is `conditional`.
+    pub sharing_condition: Option<String>,
+    /// Default `false`.
+    pub open: Option<bool>,
+    /// realtime|daily|weekly|monthly|quarterly|yearly|irregular (required).
+    pub update_cycle: Option<String>,
+    /// `YYYY-MM-DD`, default today (Asia/Shanghai).
+    pub published_on: Option<String>,
+    /// Related resource codes.
+    pub related: Option<Vec<String>>,
+    /// Information items (required, at least one).
+    pub columns: Option<Vec<NewColumn>>,
+    /// Primary-key columns (required, at least one).
+    pub primary_key: Option<Vec<String>>,
+}
+
+/// Input of `PATCH /api/v1/datasets/{id}`: every field optional.
+///
+/// `columns` is the full new list: existing columns keep their name, type and
+/// nullability (title, sensitivity, semantic and description may change) and
+/// appear first in their order; new columns are appended and must be nullable.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetPatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New resource code (unique).
+    pub resource_code: Option<String>,
+    /// New classification.
+    pub classification: Option<String>,
+    /// New category.
+    pub category: Option<String>,
+    /// New abstract.
+    pub description: Option<String>,
+    /// New format.
+    pub format: Option<String>,
+    /// New sharing type.
+    pub sharing: Option<String>,
+    /// New sharing condition.
+    pub sharing_condition: Option<String>,
+    /// New open attribute.
+    pub open: Option<bool>,
+    /// New update cycle.
+    pub update_cycle: Option<String>,
+    /// New publication date.
+    pub published_on: Option<String>,
+    /// New related resource codes.
+    pub related: Option<Vec<String>>,
+    /// The full column list (see the type's docs).
+    pub columns: Option<Vec<NewColumn>>,
+    /// `active` or `retired`.
+    pub status: Option<String>,
+}
+
+/// One committed version of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Version {
+    /// 1, 2, ... one per committed push.
+    pub version: i64,
+    /// append / replace / upsert.
+    pub mode: String,
+    /// Rows in the version after the commit.
+    pub row_count: i64,
+    /// Rows the push wrote.
+    pub rows_written: i64,
+    /// Bytes the push wrote.
+    pub bytes: i64,
+    /// When it was committed.
+    pub committed_at: DateTime<Utc>,
+    /// Principal that pushed it.
+    pub committed_by: Option<String>,
+}
+
+/// Filters of a catalogue search.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetQuery {
+    /// Free text (Chinese or other), over titles, descriptions and column titles.
+    pub q: Option<String>,
+    /// Only this classification.
+    pub classification: Option<Classification>,
+    /// Only this provider department.
+    pub department: Option<String>,
+    /// Only this sharing type.
+    pub sharing: Option<SharingType>,
+    /// Only open (or only closed) resources.
+    pub open: Option<bool>,
+    /// Only this status; `None` lists every status.
+    pub status: Option<DatasetStatus>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Token for the next page; `null` on the last.
+    pub next_page_token: Option<String>,
+}
+
+/// Where a page starts and how long it is.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Items per page, 1..=1000 (100 by default).
+    pub limit: usize,
+    /// Opaque token from the previous page.
+    pub token: Option<String>,
+}
+
+impl PageRequest {
+    /// Default page size.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// Largest page size.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// A first page of `limit` items.
+    pub fn first(limit: usize) -> Self {
+        Self { limit, token: None }
+    }
+
+    /// The offset encoded in the token (tokens are opaque to clients).
+    pub fn offset(&self) -> crate::Result<usize> {
+        use base64::Engine;
+        let Some(token) = &self.token else { return Ok(0) };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("o:").and_then(|n| n.parse().ok()))
+            .ok_or_else(|| crate::Error::invalid("page_token", "is not a token this server issued"))
+    }
+
+    /// Builds a page from `items` fetched with one extra row to tell whether more follow.
+    pub fn page<T>(&self, mut items: Vec<T>) -> crate::Result<Page<T>> {
+        use base64::Engine;
+        let offset = self.offset()?;
+        let next_page_token = if items.len() > self.limit {
+            items.truncate(self.limit);
+            Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(format!("o:{}", offset + self.limit)),
+            )
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}

@@ -1,0 +1,726 @@
+//! The embedded SQLite backend of the [`MetaStore`]: `<data-dir>/meta.db`.
+//!
+//! One writer connection and a few reader connections in WAL mode, so reads
+//! never wait for a write. Schema changes are numbered migrations applied at
+//! open (`PRAGMA user_version`). Datasets are stored as a JSON document with
+//! the columns that filters need beside it, so adding a catalogue field needs
+//! no migration; the search index (FTS5 over CJK bigrams, see
+//! [`crate::search`]) is maintained in the same transaction as the dataset.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use crate::error::{Error, Result};
+use crate::model::*;
+use crate::search;
+use crate::store::{MetaStore, NewToken, TokenHash};
+
+/// Schema versions, applied in order; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: departments, principals, tokens, datasets, versions, search index.
+    r#"
+    CREATE TABLE departments (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        org_code    TEXT UNIQUE,
+        region      TEXT,
+        parent      TEXT REFERENCES departments(id),
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE principals (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        department  TEXT REFERENCES departments(id),
+        kind        TEXT NOT NULL,
+        roles       TEXT NOT NULL,
+        disabled    INTEGER NOT NULL DEFAULT 0,
+        bootstrap   INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX principals_department ON principals(department, id);
+    CREATE TABLE tokens (
+        id          TEXT PRIMARY KEY,
+        principal   TEXT NOT NULL REFERENCES principals(id),
+        hash        BLOB NOT NULL UNIQUE,
+        created_at  TEXT NOT NULL,
+        expires_at  TEXT,
+        revoked_at  TEXT
+    );
+    CREATE INDEX tokens_principal ON tokens(principal);
+    CREATE TABLE datasets (
+        id              TEXT PRIMARY KEY,
+        department      TEXT NOT NULL REFERENCES departments(id),
+        resource_code   TEXT NOT NULL UNIQUE,
+        classification  TEXT NOT NULL,
+        sharing         TEXT NOT NULL,
+        open            INTEGER NOT NULL,
+        status          TEXT NOT NULL,
+        doc             TEXT NOT NULL,
+        current_version INTEGER,
+        row_count       INTEGER NOT NULL DEFAULT 0,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE INDEX datasets_department ON datasets(department, id);
+    CREATE TABLE dataset_versions (
+        dataset       TEXT NOT NULL REFERENCES datasets(id),
+        version       INTEGER NOT NULL,
+        mode          TEXT NOT NULL,
+        rows_written  INTEGER NOT NULL,
+        row_count     INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        committed_at  TEXT NOT NULL,
+        committed_by  TEXT,
+        PRIMARY KEY (dataset, version)
+    );
+    CREATE VIRTUAL TABLE dataset_search USING fts5(
+        id UNINDEXED, title, body, chars, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    "#,
+];
+
+/// Readers kept open beside the writer.
+const READERS: usize = 4;
+
+/// SQLite implementation of [`MetaStore`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        }
+        let mut writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&writer)?;
+        migrate(&mut writer)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            configure(&r)?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let conn = inner.reader()?;
+            f(&conn)
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut conn = lock(&inner.writer)?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl Inner {
+    fn reader(&self) -> Result<MutexGuard<'_, Connection>> {
+        for r in &self.readers {
+            if let Ok(guard) = r.try_lock() {
+                return Ok(guard);
+            }
+        }
+        let i = rand::random_range(0..self.readers.len());
+        lock(&self.readers[i])
+    }
+}
+
+fn lock(m: &Mutex<Connection>) -> Result<MutexGuard<'_, Connection>> {
+    m.lock().map_err(|_| Error::Task { message: "a metadata store connection was poisoned by a panic".into() })
+}
+
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task { message: e.to_string() })?
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(Error::Corrupt {
+            what: "schema version",
+            message: format!("database is at version {current}, newer than this gdx ({})", MIGRATIONS.len()),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "metadata store migrated");
+    }
+    Ok(())
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn parse_opt_ts(s: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    s.as_deref().map(parse_ts).transpose()
+}
+
+fn decode_err(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+const DEPARTMENT_COLS: &str = "id, name, org_code, region, parent, created_at";
+
+fn department_row(r: &Row<'_>) -> rusqlite::Result<Department> {
+    Ok(Department {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        org_code: r.get(2)?,
+        region: r.get(3)?,
+        parent: r.get(4)?,
+        created_at: parse_ts(&r.get::<_, String>(5)?)?,
+    })
+}
+
+const PRINCIPAL_COLS: &str = "p.id, p.name, p.department, p.kind, p.roles, p.disabled, p.created_at";
+
+fn principal_row(r: &Row<'_>) -> rusqlite::Result<Principal> {
+    let kind: String = r.get(3)?;
+    let roles: String = r.get(4)?;
+    Ok(Principal {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        department: r.get(2)?,
+        kind: kind.parse().map_err(|m: String| decode_err(std::io::Error::other(m)))?,
+        roles: serde_json::from_str(&roles).map_err(decode_err)?,
+        disabled: r.get(5)?,
+        created_at: parse_ts(&r.get::<_, String>(6)?)?,
+    })
+}
+
+const TOKEN_COLS: &str = "t.id, t.principal, t.created_at, t.expires_at, t.revoked_at";
+
+fn token_row(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenInfo> {
+    Ok(TokenInfo {
+        id: r.get(at)?,
+        principal: r.get(at + 1)?,
+        created_at: parse_ts(&r.get::<_, String>(at + 2)?)?,
+        expires_at: parse_opt_ts(r.get(at + 3)?)?,
+        revoked_at: parse_opt_ts(r.get(at + 4)?)?,
+    })
+}
+
+const DATASET_COLS: &str = "d.doc, d.current_version, d.row_count, d.updated_at";
+
+fn dataset_row(r: &Row<'_>) -> rusqlite::Result<Dataset> {
+    let doc: String = r.get(0)?;
+    let mut d: Dataset = serde_json::from_str(&doc).map_err(decode_err)?;
+    d.current_version = r.get(1)?;
+    d.row_count = r.get(2)?;
+    d.updated_at = parse_ts(&r.get::<_, String>(3)?)?;
+    Ok(d)
+}
+
+fn version_row(r: &Row<'_>) -> rusqlite::Result<Version> {
+    Ok(Version {
+        version: r.get(0)?,
+        mode: r.get(1)?,
+        row_count: r.get(2)?,
+        rows_written: r.get(3)?,
+        bytes: r.get(4)?,
+        committed_at: parse_ts(&r.get::<_, String>(5)?)?,
+        committed_by: r.get(6)?,
+    })
+}
+
+fn not_found(kind: &'static str, id: &str) -> Error {
+    Error::NotFound { kind, id: id.to_string() }
+}
+
+fn exists(tx: &Connection, sql: &str, value: &str) -> Result<bool> {
+    Ok(tx.query_row(sql, [value], |_| Ok(())).optional()?.is_some())
+}
+
+fn get_principal(c: &Connection, id: &str) -> Result<Principal> {
+    c.query_row(&format!("SELECT {PRINCIPAL_COLS} FROM principals p WHERE p.id = ?1"), [id], principal_row)
+        .optional()?
+        .ok_or_else(|| not_found("principal", id))
+}
+
+fn get_token(c: &Connection, id: &str) -> Result<TokenInfo> {
+    c.query_row(&format!("SELECT {TOKEN_COLS} FROM tokens t WHERE t.id = ?1"), [id], |r| token_row(r, 0))
+        .optional()?
+        .ok_or_else(|| not_found("token", id))
+}
+
+fn get_dataset(c: &Connection, id: &str) -> Result<Dataset> {
+    c.query_row(&format!("SELECT {DATASET_COLS} FROM datasets d WHERE d.id = ?1"), [id], dataset_row)
+        .optional()?
+        .ok_or_else(|| not_found("dataset", id))
+}
+
+fn insert_token(tx: &Connection, t: &NewToken, now: &DateTime<Utc>) -> Result<TokenInfo> {
+    if exists(tx, "SELECT 1 FROM tokens WHERE id = ?1", &t.id)? {
+        return Err(Error::Conflict { kind: "token", field: "id", value: t.id.clone() });
+    }
+    tx.execute(
+        "INSERT INTO tokens (id, principal, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![t.id, t.principal, &t.hash[..], ts(now), t.expires_at.as_ref().map(ts)],
+    )?;
+    get_token(tx, &t.id)
+}
+
+fn write_search(tx: &Connection, d: &Dataset) -> Result<()> {
+    tx.execute("DELETE FROM dataset_search WHERE id = ?1", [&d.id])?;
+    let mut body = String::new();
+    for part in [d.description.as_deref(), d.category.as_deref(), d.sharing_condition.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(d.columns.iter().filter_map(|c| c.title.as_deref()))
+        .chain(d.columns.iter().filter_map(|c| c.description.as_deref()))
+        .chain(d.columns.iter().map(|c| c.name.as_str()))
+        .chain([d.name.as_str(), d.resource_code.as_str()])
+    {
+        body.push_str(part);
+        body.push('\n');
+    }
+    let (title, title_chars) = search::index_terms(&d.title);
+    let (body, body_chars) = search::index_terms(&body);
+    tx.execute(
+        "INSERT INTO dataset_search (id, title, body, chars) VALUES (?1, ?2, ?3, ?4)",
+        params![d.id, title, body, format!("{title_chars} {body_chars}")],
+    )?;
+    Ok(())
+}
+
+fn limit_offset(page: &PageRequest) -> Result<(i64, i64)> {
+    Ok(((page.limit + 1) as i64, page.offset()? as i64))
+}
+
+#[async_trait]
+impl MetaStore for SqliteStore {
+    async fn create_department(&self, d: Department) -> Result<Department> {
+        self.write(move |tx| {
+            if exists(tx, "SELECT 1 FROM departments WHERE id = ?1", &d.id)? {
+                return Err(Error::Conflict { kind: "department", field: "id", value: d.id });
+            }
+            if let Some(code) = &d.org_code
+                && exists(tx, "SELECT 1 FROM departments WHERE org_code = ?1", code)?
+            {
+                return Err(Error::Conflict { kind: "department", field: "org_code", value: code.clone() });
+            }
+            if let Some(parent) = &d.parent
+                && !exists(tx, "SELECT 1 FROM departments WHERE id = ?1", parent)?
+            {
+                return Err(Error::invalid("parent", format!("unknown department '{parent}'")));
+            }
+            tx.execute(
+                &format!("INSERT INTO departments ({DEPARTMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![d.id, d.name, d.org_code, d.region, d.parent, ts(&d.created_at)],
+            )?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn department(&self, id: &str) -> Result<Department> {
+        let id = id.to_string();
+        self.read(move |c| {
+            c.query_row(&format!("SELECT {DEPARTMENT_COLS} FROM departments WHERE id = ?1"), [&id], department_row)
+                .optional()?
+                .ok_or_else(|| not_found("department", &id))
+        })
+        .await
+    }
+
+    async fn list_departments(&self, page: PageRequest) -> Result<Page<Department>> {
+        self.read(move |c| {
+            let (limit, offset) = limit_offset(&page)?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {DEPARTMENT_COLS} FROM departments ORDER BY id LIMIT ?1 OFFSET ?2"))?;
+            let items = stmt.query_map(params![limit, offset], department_row)?.collect::<Result<Vec<_>, _>>()?;
+            page.page(items)
+        })
+        .await
+    }
+
+    async fn create_principal(&self, p: Principal, token: NewToken) -> Result<(Principal, TokenInfo)> {
+        self.write(move |tx| {
+            if exists(tx, "SELECT 1 FROM principals WHERE id = ?1", &p.id)? {
+                return Err(Error::Conflict { kind: "principal", field: "id", value: p.id });
+            }
+            if let Some(dep) = &p.department
+                && !exists(tx, "SELECT 1 FROM departments WHERE id = ?1", dep)?
+            {
+                return Err(Error::invalid("department", format!("unknown department '{dep}'")));
+            }
+            let roles = serde_json::to_string(&p.roles).map_err(|e| Error::Corrupt { what: "roles", message: e.to_string() })?;
+            tx.execute(
+                "INSERT INTO principals (id, name, department, kind, roles, disabled, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![p.id, p.name, p.department, p.kind.as_str(), roles, p.disabled, ts(&p.created_at)],
+            )?;
+            let info = insert_token(tx, &token, &p.created_at)?;
+            Ok((get_principal(tx, &p.id)?, info))
+        })
+        .await
+    }
+
+    async fn principal(&self, id: &str) -> Result<Principal> {
+        let id = id.to_string();
+        self.read(move |c| get_principal(c, &id)).await
+    }
+
+    async fn list_principals(&self, department: Option<String>, page: PageRequest) -> Result<Page<Principal>> {
+        self.read(move |c| {
+            let (limit, offset) = limit_offset(&page)?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PRINCIPAL_COLS} FROM principals p WHERE (?1 IS NULL OR p.department = ?1) ORDER BY p.id LIMIT ?2 OFFSET ?3"
+            ))?;
+            let items =
+                stmt.query_map(params![department, limit, offset], principal_row)?.collect::<Result<Vec<_>, _>>()?;
+            page.page(items)
+        })
+        .await
+    }
+
+    async fn update_principal(&self, id: &str, roles: Option<Vec<Role>>, disabled: Option<bool>) -> Result<Principal> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            get_principal(tx, &id)?;
+            if let Some(roles) = roles {
+                let roles = serde_json::to_string(&roles).map_err(|e| Error::Corrupt { what: "roles", message: e.to_string() })?;
+                tx.execute("UPDATE principals SET roles = ?2 WHERE id = ?1", params![id, roles])?;
+            }
+            if let Some(disabled) = disabled {
+                tx.execute("UPDATE principals SET disabled = ?2 WHERE id = ?1", params![id, disabled])?;
+            }
+            get_principal(tx, &id)
+        })
+        .await
+    }
+
+    async fn ensure_admin(&self, admin: Principal, token: Option<NewToken>) -> Result<Principal> {
+        self.write(move |tx| {
+            let existing: Option<String> = tx
+                .query_row("SELECT id FROM principals WHERE bootstrap = 1", [], |r| r.get(0))
+                .optional()?;
+            let id = match existing {
+                Some(id) => id,
+                None => {
+                    let roles = serde_json::to_string(&admin.roles)
+                        .map_err(|e| Error::Corrupt { what: "roles", message: e.to_string() })?;
+                    tx.execute(
+                        "INSERT INTO principals (id, name, department, kind, roles, disabled, bootstrap, created_at) VALUES (?1, ?2, NULL, ?3, ?4, 0, 1, ?5)",
+                        params![admin.id, admin.name, admin.kind.as_str(), roles, ts(&admin.created_at)],
+                    )?;
+                    admin.id.clone()
+                }
+            };
+            if let Some(mut t) = token {
+                // The configured token replaces the previous configured one (same id).
+                tx.execute("DELETE FROM tokens WHERE id = ?1", [&t.id])?;
+                tx.execute("DELETE FROM tokens WHERE hash = ?1", [&t.hash[..]])?;
+                t.principal = id.clone();
+                insert_token(tx, &t, &Utc::now())?;
+            }
+            get_principal(tx, &id)
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo> {
+        self.write(move |tx| {
+            get_principal(tx, &token.principal)?;
+            insert_token(tx, &token, &Utc::now())
+        })
+        .await
+    }
+
+    async fn token(&self, id: &str) -> Result<TokenInfo> {
+        let id = id.to_string();
+        self.read(move |c| get_token(c, &id)).await
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<TokenInfo> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            get_token(tx, &id)?;
+            tx.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, ts(&Utc::now())],
+            )?;
+            get_token(tx, &id)
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, principal: &str) -> Result<Vec<TokenInfo>> {
+        let principal = principal.to_string();
+        self.read(move |c| {
+            get_principal(c, &principal)?;
+            let mut stmt =
+                c.prepare(&format!("SELECT {TOKEN_COLS} FROM tokens t WHERE t.principal = ?1 ORDER BY t.created_at, t.id"))?;
+            let rows = stmt.query_map([&principal], |r| token_row(r, 0))?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn authenticate(&self, hash: TokenHash) -> Result<Option<(Principal, TokenInfo)>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {PRINCIPAL_COLS}, {TOKEN_COLS} FROM tokens t JOIN principals p ON p.id = t.principal WHERE t.hash = ?1"),
+                [&hash[..]],
+                |r| Ok((principal_row(r)?, token_row(r, 7)?)),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn create_dataset(&self, d: Dataset) -> Result<Dataset> {
+        self.write(move |tx| {
+            if !exists(tx, "SELECT 1 FROM departments WHERE id = ?1", &d.department)? {
+                return Err(Error::invalid("department", format!("unknown department '{}'", d.department)));
+            }
+            if exists(tx, "SELECT 1 FROM datasets WHERE id = ?1", &d.id)? {
+                return Err(Error::Conflict { kind: "dataset", field: "id", value: d.id });
+            }
+            if exists(tx, "SELECT 1 FROM datasets WHERE resource_code = ?1", &d.resource_code)? {
+                return Err(Error::Conflict { kind: "dataset", field: "resource_code", value: d.resource_code });
+            }
+            let doc = serde_json::to_string(&d).map_err(|e| Error::Corrupt { what: "dataset", message: e.to_string() })?;
+            tx.execute(
+                "INSERT INTO datasets (id, department, resource_code, classification, sharing, open, status, doc, current_version, row_count, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, 0, ?9)",
+                params![
+                    d.id, d.department, d.resource_code, d.classification.as_str(), d.sharing.as_str(), d.open,
+                    d.status.as_str(), doc, ts(&d.updated_at)
+                ],
+            )?;
+            write_search(tx, &d)?;
+            get_dataset(tx, &d.id)
+        })
+        .await
+    }
+
+    async fn dataset(&self, id: &str) -> Result<Dataset> {
+        let id = id.to_string();
+        self.read(move |c| get_dataset(c, &id)).await
+    }
+
+    async fn update_dataset(&self, d: Dataset) -> Result<Dataset> {
+        self.write(move |tx| {
+            get_dataset(tx, &d.id)?;
+            let taken: Option<String> = tx
+                .query_row("SELECT id FROM datasets WHERE resource_code = ?1 AND id <> ?2", params![d.resource_code, d.id], |r| r.get(0))
+                .optional()?;
+            if taken.is_some() {
+                return Err(Error::Conflict { kind: "dataset", field: "resource_code", value: d.resource_code });
+            }
+            let doc = serde_json::to_string(&d).map_err(|e| Error::Corrupt { what: "dataset", message: e.to_string() })?;
+            tx.execute(
+                "UPDATE datasets SET resource_code = ?2, classification = ?3, sharing = ?4, open = ?5, status = ?6, doc = ?7, updated_at = ?8 WHERE id = ?1",
+                params![d.id, d.resource_code, d.classification.as_str(), d.sharing.as_str(), d.open, d.status.as_str(), doc, ts(&d.updated_at)],
+            )?;
+            write_search(tx, &d)?;
+            get_dataset(tx, &d.id)
+        })
+        .await
+    }
+
+    async fn search_datasets(&self, q: DatasetQuery, page: PageRequest) -> Result<Page<Dataset>> {
+        self.read(move |c| {
+            let (limit, offset) = limit_offset(&page)?;
+            let text = q.q.as_deref().and_then(search::fts_query);
+            if q.q.as_deref().is_some_and(|t| !t.trim().is_empty()) && text.is_none() {
+                // Only punctuation: nothing can match.
+                return page.page(Vec::new());
+            }
+            let filters = "(?2 IS NULL OR d.classification = ?2) AND (?3 IS NULL OR d.department = ?3)
+                 AND (?4 IS NULL OR d.sharing = ?4) AND (?5 IS NULL OR d.open = ?5) AND (?6 IS NULL OR d.status = ?6)";
+            let sql = if text.is_some() {
+                format!(
+                    "SELECT {DATASET_COLS} FROM dataset_search s JOIN datasets d ON d.id = s.id
+                     WHERE dataset_search MATCH ?1 AND {filters}
+                     ORDER BY bm25(dataset_search, 0.0, 10.0, 1.0, 0.5), d.id LIMIT ?7 OFFSET ?8"
+                )
+            } else {
+                format!("SELECT {DATASET_COLS} FROM datasets d WHERE ?1 IS NULL AND {filters} ORDER BY d.id LIMIT ?7 OFFSET ?8")
+            };
+            let mut stmt = c.prepare(&sql)?;
+            let items = stmt
+                .query_map(
+                    params![
+                        text,
+                        q.classification.map(|v| v.as_str()),
+                        q.department,
+                        q.sharing.map(|v| v.as_str()),
+                        q.open,
+                        q.status.map(|v| v.as_str()),
+                        limit,
+                        offset
+                    ],
+                    dataset_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            page.page(items)
+        })
+        .await
+    }
+
+    async fn versions(&self, dataset: &str, page: PageRequest) -> Result<Page<Version>> {
+        let dataset = dataset.to_string();
+        self.read(move |c| {
+            get_dataset(c, &dataset)?;
+            let (limit, offset) = limit_offset(&page)?;
+            let mut stmt = c.prepare(
+                "SELECT version, mode, row_count, rows_written, bytes, committed_at, committed_by
+                 FROM dataset_versions WHERE dataset = ?1 ORDER BY version DESC LIMIT ?2 OFFSET ?3",
+            )?;
+            let items = stmt.query_map(params![dataset, limit, offset], version_row)?.collect::<Result<Vec<_>, _>>()?;
+            page.page(items)
+        })
+        .await
+    }
+
+    async fn backup(&self, dest: &Path) -> Result<()> {
+        let dest = dest.to_path_buf();
+        self.read(move |c| backup_connection(c, &dest)).await
+    }
+}
+
+/// Copies the database behind `conn` into a new file `dest` with SQLite's online backup.
+pub fn backup_connection(conn: &Connection, dest: &Path) -> Result<()> {
+    let mut out = Connection::open(dest)?;
+    let backup = rusqlite::backup::Backup::new(conn, &mut out)?;
+    backup.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+    drop(backup);
+    out.pragma_update(None, "journal_mode", "DELETE")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(id_name: &str, title: &str, code: &str) -> Dataset {
+        let input: NewDataset = serde_json::from_value(serde_json::json!({
+            "department": "gongan", "name": id_name, "title": title, "resource_code": code,
+            "classification": "basic", "sharing": "unconditional", "update_cycle": "daily",
+            "primary_key": ["id_number"],
+            "columns": [{"name": "id_number", "type": "string", "nullable": false, "title": "公民身份号码"}]
+        }))
+        .expect("json");
+        crate::validate::dataset(input, chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")).expect("valid")
+    }
+
+    #[tokio::test]
+    async fn search_finds_two_character_words() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("meta.db")).expect("open");
+        store
+            .create_department(Department {
+                id: "gongan".into(),
+                name: "公安局".into(),
+                org_code: None,
+                region: None,
+                parent: None,
+                created_at: Utc::now(),
+            })
+            .await
+            .expect("department");
+        store.create_dataset(dataset("population", "户籍人口基础信息", "1-01")).await.expect("ds");
+        store.create_dataset(dataset("vehicles", "机动车登记信息", "1-02")).await.expect("ds");
+        let find = |q: &str| {
+            let store = store.clone();
+            let q = q.to_string();
+            async move {
+                store
+                    .search_datasets(DatasetQuery { q: Some(q), ..Default::default() }, PageRequest::first(10))
+                    .await
+                    .expect("search")
+                    .items
+                    .into_iter()
+                    .map(|d| d.name)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(find("人口").await, vec!["population"]);
+        assert_eq!(find("户籍人口").await, vec!["population"]);
+        assert_eq!(find("信息").await.len(), 2);
+        assert_eq!(find("身份号码").await.len(), 2);
+        assert!(find("人信").await.is_empty());
+        assert_eq!(find("机").await, vec!["vehicles"]);
+        assert_eq!(find("VEHIC").await, vec!["vehicles"]);
+        assert!(find("\"").await.is_empty());
+        let conflict = store.create_dataset(dataset("other", "x", "1-01")).await;
+        assert!(matches!(conflict, Err(Error::Conflict { field: "resource_code", .. })));
+    }
+}

@@ -1,0 +1,79 @@
+//! The metadata store: where departments, principals, tokens, datasets and
+//! versions live.
+//!
+//! Callers use the [`MetaStore`] trait only, so another backend (PostgreSQL,
+//! for several `gdx serve` nodes) can be added beside [`crate::sqlite`]
+//! without touching them. Methods are async because a networked backend
+//! needs them to be; the SQLite backend runs its work on blocking threads.
+//! The store stores and finds: validation and authorisation happen above it.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::model::*;
+
+/// SHA-256 of a bearer token: what the store keeps instead of the token.
+pub type TokenHash = [u8; 32];
+
+/// Storage of the catalogue's objects.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Inserts a department; `Conflict` on a taken id or org code, `Validation` on an unknown parent.
+    async fn create_department(&self, department: Department) -> Result<Department>;
+    /// One department.
+    async fn department(&self, id: &str) -> Result<Department>;
+    /// Departments ordered by id.
+    async fn list_departments(&self, page: PageRequest) -> Result<Page<Department>>;
+
+    /// Inserts a principal with its first token.
+    async fn create_principal(&self, principal: Principal, token: NewToken) -> Result<(Principal, TokenInfo)>;
+    /// One principal.
+    async fn principal(&self, id: &str) -> Result<Principal>;
+    /// Principals ordered by id, optionally of one department.
+    async fn list_principals(&self, department: Option<String>, page: PageRequest) -> Result<Page<Principal>>;
+    /// Changes roles and/or the disabled flag.
+    async fn update_principal(&self, id: &str, roles: Option<Vec<Role>>, disabled: Option<bool>) -> Result<Principal>;
+    /// Makes sure the bootstrap administrator exists; with `token`, (re)places its configured token.
+    async fn ensure_admin(&self, admin: Principal, token: Option<NewToken>) -> Result<Principal>;
+
+    /// Adds a token to a principal.
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo>;
+    /// One token's metadata.
+    async fn token(&self, id: &str) -> Result<TokenInfo>;
+    /// Marks a token revoked (idempotent).
+    async fn revoke_token(&self, id: &str) -> Result<TokenInfo>;
+    /// The tokens of a principal.
+    async fn list_tokens(&self, principal: &str) -> Result<Vec<TokenInfo>>;
+    /// The principal and token behind a token hash, if any (revocation and expiry are the caller's to check).
+    async fn authenticate(&self, hash: TokenHash) -> Result<Option<(Principal, TokenInfo)>>;
+
+    /// Inserts a dataset; `Conflict` on a taken id or resource code.
+    async fn create_dataset(&self, dataset: Dataset) -> Result<Dataset>;
+    /// One dataset.
+    async fn dataset(&self, id: &str) -> Result<Dataset>;
+    /// Replaces a dataset's metadata (not its versions); `Conflict` on a taken resource code.
+    async fn update_dataset(&self, dataset: Dataset) -> Result<Dataset>;
+    /// Datasets matching the query: by relevance when it has text, else by id.
+    async fn search_datasets(&self, query: DatasetQuery, page: PageRequest) -> Result<Page<Dataset>>;
+    /// Versions of a dataset, newest first.
+    async fn versions(&self, dataset: &str, page: PageRequest) -> Result<Page<Version>>;
+
+    /// Writes a consistent copy of the store to `dest` while it is in use.
+    async fn backup(&self, dest: &Path) -> Result<()>;
+}
+
+/// A token to store: its id, owner, hash and expiry.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Token id.
+    pub id: String,
+    /// Owner.
+    pub principal: String,
+    /// SHA-256 of the secret.
+    pub hash: TokenHash,
+    /// Optional expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+}
