@@ -56,10 +56,7 @@ impl Catalog {
 
     /// Registers a department.
     pub async fn create_department(&self, input: NewDepartment) -> Result<Department> {
-        let (id, name, org_code, region, parent) = validate::department(input)?;
-        self.store
-            .create_department(Department { id, name, org_code, region, parent, created_at: Utc::now() })
-            .await
+        self.store.create_department(validate::department(input)?).await
     }
 
     /// Creates a principal and its first token.

@@ -384,7 +384,7 @@ impl MetaStore for SqliteStore {
                 &format!("INSERT INTO departments ({DEPARTMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
                 params![d.id, d.name, d.org_code, d.region, d.parent, ts(&d.created_at)],
             )?;
-            Ok(d)
+            Ok(tx.query_row(&format!("SELECT {DEPARTMENT_COLS} FROM departments WHERE id = ?1"), [&d.id], department_row)?)
         })
         .await
     }

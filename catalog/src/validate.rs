@@ -166,7 +166,7 @@ pub fn is_resource_code(s: &str) -> bool {
 }
 
 /// Checks a new department.
-pub fn department(input: NewDepartment) -> Result<(String, String, Option<String>, Option<String>, Option<String>)> {
+pub fn department(input: NewDepartment) -> Result<Department> {
     let mut p = Problems::default();
     let id = p.required("id", input.id);
     if let Some(id) = &id {
@@ -195,7 +195,14 @@ pub fn department(input: NewDepartment) -> Result<(String, String, Option<String
         p.push("parent", "a department cannot be its own parent");
     }
     p.finish()?;
-    Ok((id.unwrap_or_default(), name.unwrap_or_default(), org_code, region, parent))
+    Ok(Department {
+        id: id.unwrap_or_default(),
+        name: name.unwrap_or_default(),
+        org_code,
+        region,
+        parent,
+        created_at: chrono::Utc::now(),
+    })
 }
 
 /// Parses role names, requiring at least one and no duplicates.

@@ -1,1 +1,388 @@
-fn main() {}
+//! `gdx`: run the GDX server, administer it, and use it from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gdx_exchange::cli::{self, Client, print_list, print_object};
+use gdx_exchange::config::{Config, LogFormat, ServeArgs};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "gdx", version, about = "GDX: the government data-sharing exchange")]
+struct Cli {
+    /// Server URL for client commands.
+    #[arg(long, global = true, env = "GDX_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token for client commands.
+    #[arg(long, global = true, env = "GDX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Show who the token belongs to.
+    Me,
+    /// Departments.
+    #[command(subcommand)]
+    Department(DepartmentCmd),
+    /// Principals (users and services).
+    #[command(subcommand)]
+    Principal(PrincipalCmd),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The dataset catalogue.
+    #[command(subcommand)]
+    Dataset(DatasetCmd),
+    /// Back up a data directory (also while the server runs).
+    Backup {
+        /// The data directory.
+        #[arg(long, env = "GDX_DATA_DIR", default_value = "./gdx-data")]
+        data_dir: PathBuf,
+        /// The archive to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into a data directory (the server must be stopped).
+    Restore {
+        /// The data directory to restore into.
+        #[arg(long, env = "GDX_DATA_DIR", default_value = "./gdx-data")]
+        data_dir: PathBuf,
+        /// The archive written by `gdx backup`.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace an existing data directory (it is kept aside, not deleted).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DepartmentCmd {
+    /// Register a department (admin).
+    Add {
+        /// Identifier, e.g. `gongan`.
+        id: String,
+        /// Display name, e.g. `梅州市公安局`.
+        #[arg(long)]
+        name: String,
+        /// Organisation code or unified social credit code.
+        #[arg(long)]
+        org_code: Option<String>,
+        /// Administrative division code (6 or 12 digits).
+        #[arg(long)]
+        region: Option<String>,
+        /// Parent department.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// List departments.
+    List {
+        /// Items per page.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Token of the page to show.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PrincipalCmd {
+    /// Create a principal and print its first token (admin).
+    Add {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Department.
+        #[arg(long)]
+        department: String,
+        /// Role (repeat or comma-separate): admin, steward, analyst, service, auditor.
+        #[arg(long = "role", value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// user or service.
+        #[arg(long, default_value = "user")]
+        kind: String,
+        /// Identifier (generated when absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List principals (admin).
+    List {
+        /// Only this department.
+        #[arg(long)]
+        department: Option<String>,
+    },
+    /// Change roles, disable or enable a principal (admin).
+    Update {
+        /// Principal id.
+        id: String,
+        /// New roles (repeat or comma-separate).
+        #[arg(long = "role", value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// Disable the principal.
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Enable the principal.
+        #[arg(long)]
+        enable: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Issue a token to a principal and print it (admin).
+    Create {
+        /// Principal id.
+        principal: String,
+        /// Expiry (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Revoke a token (admin).
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetCmd {
+    /// Register a dataset from a .toml or .json definition.
+    Register {
+        /// The definition file.
+        file: PathBuf,
+    },
+    /// List the catalogue.
+    List {
+        #[command(flatten)]
+        filters: Filters,
+    },
+    /// Show one dataset.
+    Show {
+        /// `{department}.{name}`.
+        id: String,
+    },
+    /// Search titles, descriptions and column titles (Chinese works).
+    Search {
+        /// Words to find.
+        query: String,
+        #[command(flatten)]
+        filters: Filters,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Filters {
+    /// basic, thematic or department.
+    #[arg(long)]
+    classification: Option<String>,
+    /// Provider department.
+    #[arg(long)]
+    department: Option<String>,
+    /// unconditional, conditional or none.
+    #[arg(long)]
+    sharing: Option<String>,
+    /// active (default), retired or all.
+    #[arg(long)]
+    status: Option<String>,
+    /// Items per page.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Token of the page to show.
+    #[arg(long)]
+    page_token: Option<String>,
+}
+
+impl Filters {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        let pairs = [
+            ("classification", &self.classification),
+            ("department", &self.department),
+            ("sharing", &self.sharing),
+            ("status", &self.status),
+            ("page_token", &self.page_token),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        if let Some(l) = self.limit {
+            q.push(("limit", l.to_string()));
+        }
+        q
+    }
+}
+
+const DATASET_COLUMNS: &[(&str, &str)] = &[
+    ("id", "id"),
+    ("title", "title"),
+    ("classification", "classification"),
+    ("sharing", "sharing"),
+    ("update_cycle", "update"),
+    ("status", "status"),
+    ("access", "access"),
+];
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GDX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    gdx_exchange::install_crypto_provider();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || Client::new(&cli.url, cli.token.clone());
+    let json = cli.json;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&args)?;
+            init_logging(config.log_format);
+            let app = gdx_exchange::App::start(config).await?;
+            if let Some(f) = app.admin_token_file() {
+                eprintln!("gdx: serving on {}; the administrator token is in {}", app.url(), f.display());
+            } else {
+                eprintln!("gdx: serving on {}", app.url());
+            }
+            app.run_until_signal().await?;
+        }
+        Command::Me => {
+            let v = client()?.get("/api/v1/me", &[]).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                let p = &v["principal"];
+                println!("principal:  {} ({}, {})", p["id"].as_str().unwrap_or("?"), p["name"].as_str().unwrap_or(""), p["kind"].as_str().unwrap_or(""));
+                let dep = &v["department"];
+                match dep["id"].as_str() {
+                    Some(id) => println!("department: {id} ({})", dep["name"].as_str().unwrap_or("")),
+                    None => println!("department: (none)"),
+                }
+                let roles: Vec<&str> = v["roles"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                println!("roles:      {}", roles.join(", "));
+            }
+        }
+        Command::Department(DepartmentCmd::Add { id, name, org_code, region, parent }) => {
+            let body = json!({"id": id, "name": name, "org_code": org_code, "region": region, "parent": parent});
+            print_object(&client()?.post("/api/v1/departments", &body).await?, json);
+        }
+        Command::Department(DepartmentCmd::List { limit, page_token }) => {
+            let mut q = Vec::new();
+            if let Some(l) = limit {
+                q.push(("limit", l.to_string()));
+            }
+            if let Some(t) = page_token {
+                q.push(("page_token", t));
+            }
+            let v = client()?.get("/api/v1/departments", &q).await?;
+            print_list(&v, &[("id", "id"), ("name", "name"), ("org_code", "org code"), ("region", "region"), ("parent", "parent")], json);
+        }
+        Command::Principal(PrincipalCmd::Add { name, department, roles, kind, id }) => {
+            let body = json!({"name": name, "department": department, "roles": roles, "kind": kind, "id": id});
+            let v = client()?.post("/api/v1/principals", &body).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                println!("principal {} created", v["id"].as_str().unwrap_or("?"));
+                println!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
+            }
+        }
+        Command::Principal(PrincipalCmd::List { department }) => {
+            let q: Vec<_> = department.map(|d| ("department", d)).into_iter().collect();
+            let v = client()?.get("/api/v1/principals", &q).await?;
+            print_list(&v, &[("id", "id"), ("name", "name"), ("department", "department"), ("kind", "kind"), ("roles", "roles"), ("disabled", "disabled")], json);
+        }
+        Command::Principal(PrincipalCmd::Update { id, roles, disable, enable }) => {
+            let mut body = serde_json::Map::new();
+            if let Some(r) = roles {
+                body.insert("roles".into(), json!(r));
+            }
+            if disable || enable {
+                body.insert("disabled".into(), json!(disable));
+            }
+            let v = client()?.call(reqwest::Method::PATCH, &format!("/api/v1/principals/{}", enc(&id)), &[], Some(&Value::Object(body))).await?;
+            print_object(&v, json);
+        }
+        Command::Token(TokenCmd::Create { principal, expires_at }) => {
+            let v = client()?.post(&format!("/api/v1/principals/{}/tokens", enc(&principal)), &json!({"expires_at": expires_at})).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                println!("token {} issued to {}", v["id"].as_str().unwrap_or("?"), principal);
+                println!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
+            }
+        }
+        Command::Token(TokenCmd::Revoke { id }) => {
+            client()?.call(reqwest::Method::DELETE, &format!("/api/v1/tokens/{}", enc(&id)), &[], None).await?;
+            if !json {
+                println!("token {id} revoked");
+            }
+        }
+        Command::Dataset(DatasetCmd::Register { file }) => {
+            let body = cli::read_definition(&file)?;
+            let v = client()?.post("/api/v1/datasets", &body).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                println!("dataset {} registered", v["id"].as_str().unwrap_or("?"));
+            }
+        }
+        Command::Dataset(DatasetCmd::List { filters }) => {
+            let v = client()?.get("/api/v1/datasets", &filters.query()).await?;
+            print_list(&v, DATASET_COLUMNS, json);
+        }
+        Command::Dataset(DatasetCmd::Show { id }) => {
+            print_object(&client()?.get(&format!("/api/v1/datasets/{}", enc(&id)), &[]).await?, json);
+        }
+        Command::Dataset(DatasetCmd::Search { query, filters }) => {
+            let mut q = filters.query();
+            q.push(("q", query));
+            let v = client()?.get("/api/v1/datasets", &q).await?;
+            print_list(&v, DATASET_COLUMNS, json);
+        }
+        Command::Backup { data_dir, out } => {
+            let manifest = gdx_exchange::backup::backup(&data_dir, &out, &mut |m| eprintln!("gdx backup: {m}"))
+                .with_context(|| format!("backing up {}", data_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&manifest)?);
+            }
+        }
+        Command::Restore { data_dir, from, force } => {
+            gdx_exchange::backup::restore(&data_dir, &from, force, &mut |m| eprintln!("gdx restore: {m}"))
+                .with_context(|| format!("restoring into {}", data_dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a path segment.
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

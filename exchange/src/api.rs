@@ -1,0 +1,121 @@
+//! The HTTP API: routes, the OpenAPI document, and the layers around them.
+//!
+//! One file per area under `api/`. Every route except the anonymous ones
+//! (`/healthz`, `/api/v1/openapi.json`) passes [`auth::authorize`], which
+//! authenticates and lets casbin decide the route.
+
+pub mod auth;
+pub mod datasets;
+pub mod departments;
+pub mod error;
+pub mod extract;
+pub mod me;
+pub mod principals;
+pub mod system;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::state::AppState;
+use error::ApiError;
+
+/// The OpenAPI description, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "GDX — government data exchange", description = "Catalogue, identities and sharing of government data."),
+    paths(
+        system::healthz, system::metrics, system::openapi, me::me,
+        departments::create, departments::list, departments::get,
+        principals::create, principals::list, principals::get, principals::update,
+        principals::create_token, principals::list_tokens, principals::revoke_token,
+        datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
+    ),
+    components(schemas(error::Problem, gdx_catalog::FieldError)),
+    modifiers(&BearerAuth),
+    tags((name = "system"), (name = "identities"), (name = "catalogue")),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// The OpenAPI document served at `/api/v1/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The service's router.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(system::metrics))
+        .route("/api/v1/me", get(me::me))
+        .route("/api/v1/departments", post(departments::create).get(departments::list))
+        .route("/api/v1/departments/{id}", get(departments::get))
+        .route("/api/v1/principals", post(principals::create).get(principals::list))
+        .route("/api/v1/principals/{id}", get(principals::get).patch(principals::update))
+        .route("/api/v1/principals/{id}/tokens", post(principals::create_token).get(principals::list_tokens))
+        .route("/api/v1/tokens/{id}", delete(principals::revoke_token))
+        .route("/api/v1/datasets", post(datasets::create).get(datasets::search))
+        .route("/api/v1/datasets/{id}", get(datasets::get).patch(datasets::update))
+        .route("/api/v1/datasets/{id}/versions", get(datasets::versions))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
+    let anonymous = Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/api/v1/openapi.json", get(system::openapi));
+    Router::new()
+        .merge(protected)
+        .merge(anonymous)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(observe))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                // The route template, never the concrete path: paths carry keys.
+                let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+                tracing::info_span!("http", method = %req.method(), route = route.as_deref().unwrap_or("-"))
+            }),
+        )
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(error::NOT_FOUND, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(error::METHOD_NOT_ALLOWED, "this route does not accept that method")
+}
+
+/// Counts requests and their latency per route template and status.
+async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("gdx_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("gdx_http_request_duration_seconds", "route" => route, "method" => method).record(elapsed);
+    tracing::debug!(status = %status, elapsed_ms = elapsed * 1000.0, "request done");
+    response.into_response()
+}

@@ -1,0 +1,100 @@
+//! Authentication and route authorisation: the middleware every non-anonymous route passes.
+//!
+//! It resolves the bearer token to a [`Principal`] and asks casbin whether any
+//! of its roles may call the matched route on an object of the request's
+//! scope. The decision is made on the route template, never on the concrete
+//! path, and the caller travels to the handler as a [`Caller`] extension.
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use gdx_catalog::Principal;
+use gdx_policies::Scope;
+
+use super::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who is asking.
+    pub principal: Arc<Principal>,
+    /// Which token they used.
+    pub token_id: String,
+    /// The route template that was authorised.
+    pub route: String,
+}
+
+/// The middleware: authenticate, then decide the route with casbin.
+pub async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match check(&state, request).await {
+        Ok(request) => next.run(request).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
+}
+
+async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
+    let (mut parts, body) = request.into_parts();
+    let secret = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
+    let (principal, token) = state.catalog.authenticate(secret).await?.ok_or_else(ApiError::unauthenticated)?;
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .ok_or_else(|| ApiError::internal(&"route without a matched path"))?;
+    let params = match axum::RequestPartsExt::extract::<RawPathParams>(&mut parts).await {
+        Ok(p) => p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>(),
+        Err(_) => Vec::new(),
+    };
+    let scope = scope_of(&principal, &route, &parts.method, &params);
+    if !state.routes.decide(&principal, &route, parts.method.as_str(), scope)? {
+        tracing::info!(principal = %principal.id, route = %route, method = %parts.method, "route denied");
+        return Err(ApiError::denied());
+    }
+    parts.extensions.insert(Caller {
+        principal: Arc::new(principal),
+        token_id: token.id,
+        route,
+    });
+    Ok(Request::from_parts(parts, body))
+}
+
+/// The bearer secret of the `Authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Whose object the request concerns.
+///
+/// Dataset ids are `{department}.{name}`, so routes under a dataset carry
+/// their department in the path. Creating a dataset names the department in
+/// the body: the decision is deferred to the handler.
+fn scope_of(principal: &Principal, route: &str, method: &Method, params: &[(String, String)]) -> Scope {
+    if route.starts_with("/api/v1/datasets/{id}") {
+        let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or("");
+        let department = id.split_once('.').map(|(d, _)| d).unwrap_or(id);
+        return Scope::of(principal, department);
+    }
+    if route == "/api/v1/datasets" && method == Method::POST {
+        return Scope::Deferred;
+    }
+    Scope::None
+}
+
+impl Caller {
+    /// Completes a deferred decision once the handler knows the object's department.
+    pub fn require(&self, state: &AppState, method: &Method, department: &str) -> ApiResult<()> {
+        let scope = Scope::of(&self.principal, department);
+        if state.routes.decide(&self.principal, &self.route, method.as_str(), scope)? {
+            Ok(())
+        } else {
+            Err(ApiError::denied())
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Departments: created by administrators, listed by everyone.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gdx_catalog::{Department, NewDepartment, Page};
+
+use super::error::{ApiResult, Problem};
+use super::extract::{Json, PageParams, Query};
+use crate::state::AppState;
+
+/// Registers a department (admin).
+#[utoipa::path(post, path = "/api/v1/departments", tag = "identities", request_body = NewDepartment,
+    responses((status = 201, body = Department), (status = 409, body = Problem), (status = 422, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn create(State(state): State<AppState>, Json(input): Json<NewDepartment>) -> ApiResult<(StatusCode, axum::Json<Department>)> {
+    let d = state.catalog.create_department(input).await?;
+    tracing::info!(department = %d.id, "department created");
+    Ok((StatusCode::CREATED, axum::Json(d)))
+}
+
+/// Lists departments.
+#[utoipa::path(get, path = "/api/v1/departments", tag = "identities", params(PageParams),
+    responses((status = 200, body = Page<Department>), (status = 401, body = Problem)))]
+pub async fn list(State(state): State<AppState>, Query(page): Query<PageParams>) -> ApiResult<axum::Json<Page<Department>>> {
+    Ok(axum::Json(state.catalog.store().list_departments(page.request()?).await?))
+}
+
+/// One department.
+#[utoipa::path(get, path = "/api/v1/departments/{id}", tag = "identities", params(("id" = String, Path)),
+    responses((status = 200, body = Department), (status = 404, body = Problem)))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Department>> {
+    Ok(axum::Json(state.catalog.store().department(&id).await?))
+}

@@ -1,0 +1,171 @@
+//! The API's error: one table of stable codes, rendered as RFC 9457 problem+json.
+//!
+//! Every error response is built here. Internal errors are logged with their
+//! cause and answered with a generic message: no path, key or stack trace
+//! reaches a client.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gdx_catalog::FieldError;
+use serde::Serialize;
+
+/// One row of the code table: stable `code`, HTTP status and title.
+#[derive(Debug, Clone, Copy)]
+pub struct Code {
+    /// Stable snake_case code clients match on.
+    pub code: &'static str,
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Short human title.
+    pub title: &'static str,
+}
+
+macro_rules! codes {
+    ($($name:ident = ($code:literal, $status:ident, $title:literal);)+) => {
+        $(#[doc = $title] pub const $name: Code = Code { code: $code, status: StatusCode::$status, title: $title };)+
+        /// Every code, for documentation.
+        pub const ALL_CODES: &[Code] = &[$($name),+];
+    };
+}
+
+codes! {
+    MALFORMED_REQUEST = ("malformed_request", BAD_REQUEST, "The request could not be parsed");
+    VALIDATION_FAILED = ("validation_failed", UNPROCESSABLE_ENTITY, "The input is invalid");
+    UNAUTHENTICATED = ("unauthenticated", UNAUTHORIZED, "Authentication required");
+    ACCESS_DENIED = ("access_denied", FORBIDDEN, "Access denied");
+    NOT_FOUND = ("not_found", NOT_FOUND, "Not found");
+    METHOD_NOT_ALLOWED = ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed");
+    CONFLICT = ("conflict", CONFLICT, "Conflict");
+    PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
+    UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable");
+    INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal error");
+}
+
+/// RFC 9457 problem details as GDX sends them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// URI of the problem type (`urn:gdx:problem:<code>`).
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short human title of the code.
+    pub title: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong in this request.
+    pub detail: String,
+    /// Stable snake_case code.
+    pub code: &'static str,
+    /// Field-level problems (validation only), at most 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// How many field-level problems there were in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_count: Option<usize>,
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    detail: String,
+    errors: Option<Vec<FieldError>>,
+}
+
+/// Most field errors listed in one response.
+const MAX_LISTED: usize = 100;
+
+impl ApiError {
+    /// An error of `code` with a detail for the client.
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into(), errors: None }
+    }
+
+    /// A validation error about one field.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    /// A validation error listing field problems.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.first() {
+            Some(first) if errors.len() == 1 => format!("{}: {}", first.field, first.message),
+            Some(first) => format!("{}: {} (and {} more problems)", first.field, first.message, errors.len() - 1),
+            None => "invalid input".into(),
+        };
+        Self { code: VALIDATION_FAILED, detail, errors: Some(errors) }
+    }
+
+    /// 401: no valid credential.
+    pub fn unauthenticated() -> Self {
+        Self::new(UNAUTHENTICATED, "a valid bearer token is required")
+    }
+
+    /// 403: the caller may not do this.
+    pub fn denied() -> Self {
+        Self::new(ACCESS_DENIED, "the caller's roles and department do not allow this")
+    }
+
+    /// 404 for an object.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(NOT_FOUND, format!("{kind} '{id}' not found"))
+    }
+
+    /// 500: logs `cause` and answers a generic message.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(INTERNAL, "the server failed to handle the request; the failure has been logged")
+    }
+
+    /// The code of this error.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+}
+
+impl From<gdx_catalog::Error> for ApiError {
+    fn from(e: gdx_catalog::Error) -> Self {
+        use gdx_catalog::Error as E;
+        match e {
+            E::Validation { errors } => Self::validation(errors),
+            E::NotFound { kind, id } => Self::not_found(kind, &id),
+            E::Conflict { kind, field, value } => Self::new(CONFLICT, format!("a {kind} with {field} '{value}' already exists")),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<gdx_policies::Error> for ApiError {
+    fn from(e: gdx_policies::Error) -> Self {
+        Self::internal(&e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let error_count = self.errors.as_ref().map(Vec::len);
+        let errors = self.errors.map(|mut e| {
+            e.truncate(MAX_LISTED);
+            e
+        });
+        let body = Problem {
+            problem_type: format!("urn:gdx:problem:{}", self.code.code),
+            title: self.code.title,
+            status: self.code.status.as_u16(),
+            detail: self.detail,
+            code: self.code.code,
+            errors,
+            error_count,
+        };
+        let mut resp = (self.code.status, axum::Json(body)).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.code.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,162 @@
+//! The client commands of `gdx`: they talk to a server over HTTP.
+//!
+//! The server is found in `--url`/`GDX_URL` and the credential in
+//! `--token`/`GDX_TOKEN`. Output is a human-readable table, or the server's
+//! JSON with `--json`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// An HTTP client for one server and credential.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, base: base.trim_end_matches('/').to_string(), token })
+    }
+
+    /// Sends a request and returns the JSON answer (or `null` for `204`); a problem answer is an error.
+    pub async fn call(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).query(query);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the GDX server at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the server's answer")?;
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).context("the server's answer is not JSON");
+        }
+        let problem: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let mut msg = format!(
+            "{} ({}): {}",
+            problem["title"].as_str().unwrap_or("request failed"),
+            status.as_u16(),
+            problem["detail"].as_str().unwrap_or(text.trim())
+        );
+        if let Some(errors) = problem["errors"].as_array() {
+            for e in errors {
+                let place = e["field"].as_str().map(str::to_string).unwrap_or_else(|| {
+                    format!("row {} column {}", e["row"], e["column"].as_str().unwrap_or("?"))
+                });
+                msg.push_str(&format!("\n  - {place}: {}", e["message"].as_str().unwrap_or("")));
+            }
+        }
+        bail!(msg)
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, query, None).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, &[], Some(body)).await
+    }
+}
+
+/// Reads a dataset definition from a `.toml` or `.json` file into JSON.
+pub fn read_definition(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "json" => serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display())),
+        "toml" => {
+            let v: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+            Ok(toml_to_json(v))
+        }
+        _ => bail!("{}: expected a .toml or .json file", path.display()),
+    }
+}
+
+fn toml_to_json(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => json!(i),
+        toml::Value::Float(f) => json!(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        // Dates (`published_on = 2024-01-02`) travel as their text.
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect()),
+    }
+}
+
+/// Prints `value` as JSON, or as a table of `columns` (JSON field, header) of its `items`.
+pub fn print_list(value: &Value, columns: &[(&str, &str)], as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        return;
+    }
+    let empty = Vec::new();
+    let items = value["items"].as_array().unwrap_or(&empty);
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(columns.iter().map(|(_, h)| *h));
+    for item in items {
+        table.add_row(columns.iter().map(|(f, _)| cell(&item[*f])));
+    }
+    println!("{table}");
+    if let Some(next) = value["next_page_token"].as_str() {
+        println!("(more: --page-token {next})");
+    }
+}
+
+/// Prints one object as JSON or as `field: value` lines.
+pub fn print_object(value: &Value, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some(obj) = value.as_object() {
+        for (k, v) in obj {
+            if k == "columns" {
+                continue;
+            }
+            table.add_row(vec![k.clone(), cell(v)]);
+        }
+    }
+    println!("{table}");
+    if let Some(cols) = value["columns"].as_array() {
+        println!("columns:");
+        print_list(
+            &json!({ "items": cols }),
+            &[("name", "name"), ("type", "type"), ("nullable", "nullable"), ("title", "title"), ("sensitivity", "sensitivity"), ("semantic", "semantic")],
+            false,
+        );
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(", "),
+        other => other.to_string(),
+    }
+}

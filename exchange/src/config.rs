@@ -1,0 +1,193 @@
+//! Server configuration: one struct, filled from a TOML file, `GDX_*`
+//! environment variables and command-line flags (in rising precedence).
+//! `docs/gdx.example.toml` documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Format of the log lines on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Everything `gdx serve` needs to know.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The data directory: `meta.db`, `audit.db`, `lake/`.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The administrator's bearer token; when absent one is created in `<data_dir>/admin.token`.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<String>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates are accepted (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// Let push rules target loopback and private addresses.
+    pub webhook_allow_private: bool,
+    /// Departments whose auditors see every department's records.
+    pub supervisor_departments: Vec<String>,
+    /// The platform secret (keyed-hash masks, audit checkpoints), kept outside the data directory.
+    pub secret_key_file: Option<PathBuf>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// A casbin route model replacing the shipped `policies/route_model.conf`.
+    pub route_model: Option<PathBuf>,
+    /// A route policy replacing the shipped `policies/route_policy.csv`.
+    pub route_policy: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./gdx-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            webhook_allow_private: false,
+            supervisor_departments: Vec::new(),
+            secret_key_file: None,
+            log_format: LogFormat::Text,
+            route_model: None,
+            route_policy: None,
+        }
+    }
+}
+
+/// Flags of `gdx serve`; each also read from its `GDX_*` variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see docs/gdx.example.toml).
+    #[arg(long, env = "GDX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./gdx-data].
+    #[arg(long, env = "GDX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "GDX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "GDX_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "GDX_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA of accepted client certificates.
+    #[arg(long, env = "GDX_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Let push rules target loopback and private addresses.
+    #[arg(long, env = "GDX_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: Option<bool>,
+    /// Comma-separated departments whose auditors see everything.
+    #[arg(long, env = "GDX_SUPERVISOR_DEPARTMENTS", value_delimiter = ',')]
+    pub supervisor_departments: Option<Vec<String>>,
+    /// The platform secret file.
+    #[arg(long, env = "GDX_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "GDX_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| Error::Config { message: format!("{}: {}", path.display(), e.message()) })
+    }
+
+    /// The configuration of `gdx serve`: file, then environment and flags.
+    ///
+    /// `GDX_ADMIN_TOKEN` is read from the environment only: a secret on a
+    /// command line is visible to every user of the machine.
+    pub fn load(args: &ServeArgs) -> Result<Self> {
+        let mut c = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = args.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &args.tls_cert {
+            c.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &args.tls_key {
+            c.tls_key = Some(v.clone());
+        }
+        if let Some(v) = &args.client_ca {
+            c.client_ca = Some(v.clone());
+        }
+        if let Some(v) = args.webhook_allow_private {
+            c.webhook_allow_private = v;
+        }
+        if let Some(v) = &args.supervisor_departments {
+            c.supervisor_departments = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = &args.secret_key_file {
+            c.secret_key_file = Some(v.clone());
+        }
+        if let Some(v) = args.log_format {
+            c.log_format = v;
+        }
+        if let Ok(token) = std::env::var("GDX_ADMIN_TOKEN")
+            && !token.trim().is_empty()
+        {
+            c.admin_token = Some(token.trim().to_string());
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Checks settings that do not depend on the file system.
+    pub fn check(&self) -> Result<()> {
+        if let Some(t) = &self.admin_token
+            && t.len() < 16
+        {
+            return Err(Error::Config { message: "GDX_ADMIN_TOKEN must be at least 16 characters".into() });
+        }
+        if self.tls_cert.is_some() || self.tls_key.is_some() || self.client_ca.is_some() {
+            return Err(Error::Config {
+                message: "HTTPS is not available in this version of gdx serve; remove tls_cert, tls_key and client_ca \
+                          (or serve behind a TLS-terminating proxy on loopback)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../docs/gdx.example.toml");
+        let c: Config = toml::from_str(text).expect("docs/gdx.example.toml parses");
+        assert_eq!(c.listen.port(), 8080);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! `App`: the running service, started by `gdx serve` and by tests on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use gdx_catalog::{Catalog, SqliteStore};
+use gdx_policies::RouteAuthorizer;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// Name of the administrator token file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Name of the lock file that keeps two processes off one data directory.
+pub const LOCK_FILE: &str = "gdx.lock";
+/// Name of the metadata database in the data directory.
+pub const META_DB: &str = "meta.db";
+
+/// A running server.
+#[derive(Debug)]
+pub struct App {
+    addr: SocketAddr,
+    admin_token_file: Option<PathBuf>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    _lock: std::fs::File,
+}
+
+/// The process-wide Prometheus recorder (metrics macros use one global recorder).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Takes the data directory's lock, or fails if another process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(Error::Io { path, source }),
+    }
+}
+
+fn create_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+impl App {
+    /// Opens the data directory, bootstraps the administrator and starts serving.
+    pub async fn start(config: Config) -> Result<App> {
+        config.check()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        let lock = lock_data_dir(&dir)?;
+        let store = SqliteStore::open(&dir.join(META_DB))?;
+        let catalog = Catalog::new(Arc::new(store));
+
+        let (admin_secret, admin_token_file) = match &config.admin_token {
+            Some(t) => (t.clone(), None),
+            None => {
+                let path = dir.join(ADMIN_TOKEN_FILE);
+                if path.exists() {
+                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+                    if text.trim().is_empty() {
+                        return Err(Error::Config { message: format!("{} is empty", path.display()) });
+                    }
+                    (text.trim().to_string(), Some(path))
+                } else {
+                    let secret = gdx_catalog::token::new_secret();
+                    create_private_file(&path, &format!("{secret}\n")).map_err(|source| Error::Io { path: path.clone(), source })?;
+                    tracing::info!(file = %path.display(), "created the administrator token");
+                    (secret, Some(path))
+                }
+            }
+        };
+        catalog.bootstrap_admin(&admin_secret).await?;
+
+        let routes = match (&config.route_model, &config.route_policy) {
+            (None, None) => RouteAuthorizer::shipped().await?,
+            (model, policy) => {
+                let model = model.clone().unwrap_or_else(|| PathBuf::from("policies/route_model.conf"));
+                let policy = policy.clone().unwrap_or_else(|| PathBuf::from("policies/route_policy.csv"));
+                RouteAuthorizer::from_files(&model, &policy).await?
+            }
+        };
+        let state = AppState {
+            catalog,
+            routes: Arc::new(routes),
+            config: Arc::new(config.clone()),
+            metrics: metrics_handle(),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = crate::api::router(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
+        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, _lock: lock })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The file holding the administrator token, when it was not configured.
+    pub fn admin_token_file(&self) -> Option<&Path> {
+        self.admin_token_file.as_deref()
+    }
+
+    /// Stops accepting, finishes in-flight requests and releases the data directory.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Io { path: PathBuf::from("<listener>"), source }),
+            Err(e) => Err(Error::Config { message: format!("server task failed: {e}") }),
+        }
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then stops gracefully.
+    pub async fn run_until_signal(self) -> Result<()> {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        self.stop().await
+    }
+}

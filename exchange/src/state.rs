@@ -1,0 +1,22 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+
+use gdx_catalog::Catalog;
+use gdx_policies::RouteAuthorizer;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Config;
+
+/// Shared state of the HTTP service (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The catalogue over the metadata store.
+    pub catalog: Catalog,
+    /// Route decisions.
+    pub routes: Arc<RouteAuthorizer>,
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
