@@ -85,16 +85,10 @@ impl Catalog {
             })
         });
         let secret = token::new_secret();
-        let new_token = NewToken { id: token::new_id("tok_"), principal: id.clone(), hash: token::hash(&secret), expires_at: None };
-        let principal = Principal {
-            id,
-            name,
-            department: Some(department),
-            kind,
-            roles,
-            disabled: false,
-            created_at: Utc::now(),
-        };
+        let new_token =
+            NewToken { id: token::new_id("tok_"), principal: id.clone(), hash: token::hash(&secret), expires_at: None };
+        let principal =
+            Principal { id, name, department: Some(department), kind, roles, disabled: false, created_at: Utc::now() };
         let (principal, info) = self.store.create_principal(principal, new_token).await?;
         Ok((principal, IssuedToken { info, token: secret }))
     }
@@ -104,7 +98,8 @@ impl Catalog {
         let mut p = Problems::default();
         let roles = patch.roles.map(|r| validate::roles(&mut p, "roles", r));
         p.finish()?;
-        if id == ADMIN_ID && (patch.disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin))) {
+        if id == ADMIN_ID && (patch.disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin)))
+        {
             return Err(Error::invalid("id", "the bootstrap administrator cannot be disabled or lose the admin role"));
         }
         self.store.update_principal(id, roles, patch.disabled).await
@@ -156,7 +151,12 @@ impl Catalog {
             disabled: false,
             created_at: Utc::now(),
         };
-        let token = NewToken { id: ADMIN_TOKEN_ID.into(), principal: ADMIN_ID.into(), hash: token::hash(secret), expires_at: None };
+        let token = NewToken {
+            id: ADMIN_TOKEN_ID.into(),
+            principal: ADMIN_ID.into(),
+            hash: token::hash(secret),
+            expires_at: None,
+        };
         self.store.ensure_admin(admin, Some(token)).await
     }
 

@@ -14,10 +14,7 @@ pub struct FieldError {
 impl FieldError {
     /// A problem with `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -80,19 +77,13 @@ pub enum Error {
 }
 
 fn summary(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 impl Error {
     /// A validation error about one field.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Validation {
-            errors: vec![FieldError::new(field, message)],
-        }
+        Self::Validation { errors: vec![FieldError::new(field, message)] }
     }
 }
 

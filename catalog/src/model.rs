@@ -152,10 +152,8 @@ impl FromStr for ColumnType {
             "date" => ColumnType::Date,
             "timestamp" => ColumnType::Timestamp,
             _ => {
-                let inner = t
-                    .strip_prefix("decimal(")
-                    .and_then(|r| r.strip_suffix(')'))
-                    .ok_or_else(|| EXPECTED.to_string())?;
+                let inner =
+                    t.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')).ok_or_else(|| EXPECTED.to_string())?;
                 let (p, s) = inner.split_once(',').ok_or_else(|| EXPECTED.to_string())?;
                 let precision: u8 = p.trim().parse().map_err(|_| EXPECTED.to_string())?;
                 let scale: i8 = s.trim().parse().map_err(|_| EXPECTED.to_string())?;
@@ -564,16 +562,10 @@ impl PageRequest {
         let offset = self.offset()?;
         let next_page_token = if items.len() > self.limit {
             items.truncate(self.limit);
-            Some(
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .encode(format!("o:{}", offset + self.limit)),
-            )
+            Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{}", offset + self.limit)))
         } else {
             None
         };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        Ok(Page { items, next_page_token })
     }
 }

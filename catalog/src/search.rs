@@ -124,6 +124,9 @@ mod tests {
         assert_eq!(fts_query("Pop 人口").as_deref(), Some("{title body} : \"pop\"* AND {title body} : \"人口\""));
         assert_eq!(fts_query("\" * - ()"), None);
         // Operators of the FTS5 syntax are plain words once quoted.
-        assert_eq!(fts_query("a OR b").as_deref(), Some("{title body} : \"a\"* AND {title body} : \"or\"* AND {title body} : \"b\"*"));
+        assert_eq!(
+            fts_query("a OR b").as_deref(),
+            Some("{title body} : \"a\"* AND {title body} : \"or\"* AND {title body} : \"b\"*")
+        );
     }
 }

@@ -129,13 +129,7 @@ impl SqliteStore {
             configure(&r)?;
             readers.push(Mutex::new(r));
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                writer: Mutex::new(writer),
-                readers,
-            }),
-        })
+        Ok(Self { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
     }
 
     /// The database file.
@@ -194,9 +188,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Task { message: e.to_string() })?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Task { message: e.to_string() })?
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -384,7 +376,11 @@ impl MetaStore for SqliteStore {
                 &format!("INSERT INTO departments ({DEPARTMENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
                 params![d.id, d.name, d.org_code, d.region, d.parent, ts(&d.created_at)],
             )?;
-            Ok(tx.query_row(&format!("SELECT {DEPARTMENT_COLS} FROM departments WHERE id = ?1"), [&d.id], department_row)?)
+            Ok(tx.query_row(
+                &format!("SELECT {DEPARTMENT_COLS} FROM departments WHERE id = ?1"),
+                [&d.id],
+                department_row,
+            )?)
         })
         .await
     }
@@ -454,7 +450,8 @@ impl MetaStore for SqliteStore {
         self.write(move |tx| {
             get_principal(tx, &id)?;
             if let Some(roles) = roles {
-                let roles = serde_json::to_string(&roles).map_err(|e| Error::Corrupt { what: "roles", message: e.to_string() })?;
+                let roles = serde_json::to_string(&roles)
+                    .map_err(|e| Error::Corrupt { what: "roles", message: e.to_string() })?;
                 tx.execute("UPDATE principals SET roles = ?2 WHERE id = ?1", params![id, roles])?;
             }
             if let Some(disabled) = disabled {
@@ -524,8 +521,9 @@ impl MetaStore for SqliteStore {
         let principal = principal.to_string();
         self.read(move |c| {
             get_principal(c, &principal)?;
-            let mut stmt =
-                c.prepare(&format!("SELECT {TOKEN_COLS} FROM tokens t WHERE t.principal = ?1 ORDER BY t.created_at, t.id"))?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TOKEN_COLS} FROM tokens t WHERE t.principal = ?1 ORDER BY t.created_at, t.id"
+            ))?;
             let rows = stmt.query_map([&principal], |r| token_row(r, 0))?.collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })

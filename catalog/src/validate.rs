@@ -23,11 +23,7 @@ impl Problems {
 
     /// `Ok(())` when nothing was recorded.
     pub fn finish(self) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Validation { errors: self.0 })
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(Error::Validation { errors: self.0 }) }
     }
 
     /// A required value, recording its absence.
@@ -41,6 +37,10 @@ impl Problems {
     /// A required, non-blank text of at most `max` characters.
     pub fn text(&mut self, field: &str, value: Option<String>, max: usize) -> Option<String> {
         let v = self.required(field, value)?;
+        if v.trim().is_empty() {
+            self.push(field, "must not be blank");
+            return None;
+        }
         self.optional_text(field, Some(v), max)
     }
 
@@ -101,8 +101,7 @@ pub fn is_principal_id(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// Check character of a 9-character organisation code (GB 11714) over its first 8 characters.
@@ -297,11 +296,7 @@ fn date(p: &mut Problems, field: &str, value: Option<String>) -> Option<NaiveDat
 }
 
 fn resource_code(p: &mut Problems, value: Option<String>, required: bool) -> Option<String> {
-    let v = if required {
-        p.text("resource_code", value, 64)
-    } else {
-        p.optional_text("resource_code", value, 64)
-    };
+    let v = if required { p.text("resource_code", value, 64) } else { p.optional_text("resource_code", value, 64) };
     if let Some(code) = &v
         && !is_resource_code(code)
     {
@@ -567,7 +562,8 @@ mod tests {
         };
         let ok = DatasetPatch { columns: Some(vec![col("id_number", false), col("name", true)]), ..Default::default() };
         assert_eq!(dataset_patch(&d, ok).expect("ok").columns.len(), 2);
-        let not_null = DatasetPatch { columns: Some(vec![col("id_number", false), col("name", false)]), ..Default::default() };
+        let not_null =
+            DatasetPatch { columns: Some(vec![col("id_number", false), col("name", false)]), ..Default::default() };
         assert!(dataset_patch(&d, not_null).is_err());
         let dropped = DatasetPatch { columns: Some(vec![col("name", true)]), ..Default::default() };
         assert!(dataset_patch(&d, dropped).is_err());

@@ -74,22 +74,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}", get(datasets::get).patch(datasets::update))
         .route("/api/v1/datasets/{id}/versions", get(datasets::versions))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
-    let anonymous = Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/api/v1/openapi.json", get(system::openapi));
+    let anonymous =
+        Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));
     Router::new()
         .merge(protected)
         .merge(anonymous)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                // The route template, never the concrete path: paths carry keys.
-                let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-                tracing::info_span!("http", method = %req.method(), route = route.as_deref().unwrap_or("-"))
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The route template, never the concrete path: paths carry keys.
+            let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+            tracing::info_span!("http", method = %req.method(), route = route.as_deref().unwrap_or("-"))
+        }))
         .with_state(state)
 }
 
@@ -104,11 +101,8 @@ async fn method_not_allowed() -> ApiError {
 /// Counts requests and their latency per route template and status.
 async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

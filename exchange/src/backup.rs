@@ -119,7 +119,9 @@ fn sqlite_snapshot(src: &Path, dest: &Path) -> Result<()> {
 pub fn backup(data_dir: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
     let meta = data_dir.join(META_DB);
     if !meta.is_file() {
-        return Err(Error::Config { message: format!("{} is not a GDX data directory (no {META_DB})", data_dir.display()) });
+        return Err(Error::Config {
+            message: format!("{} is not a GDX data directory (no {META_DB})", data_dir.display()),
+        });
     }
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -172,10 +174,15 @@ pub fn backup(data_dir: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Re
     let total: u64 = manifest.files.iter().map(|f| f.bytes).sum();
     progress(&format!("write archive: {} files, {}", manifest.files.len(), human(total)));
 
-    let tmp = tempfile::Builder::new().prefix(".gdx-backup-").suffix(".tar.part").tempfile_in(&parent).map_err(io(&parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".gdx-backup-")
+        .suffix(".tar.part")
+        .tempfile_in(&parent)
+        .map_err(io(&parent))?;
     {
         let mut builder = tar::Builder::new(BufWriter::new(tmp.as_file()));
-        let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Config { message: e.to_string() })?;
+        let manifest_json =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Config { message: e.to_string() })?;
         let mut header = tar::Header::new_gnu();
         header.set_size(manifest_json.len() as u64);
         header.set_mode(0o600);
@@ -215,7 +222,10 @@ pub fn restore(data_dir: &Path, from: &Path, force: bool, progress: &mut dyn FnM
             .any(|e| e.file_name() != LOCK_FILE && e.file_name() != crate::server::ADMIN_TOKEN_FILE);
         if foreign {
             return Err(Error::Config {
-                message: format!("{} is not empty and is not a GDX data directory; choose another --data-dir", data_dir.display()),
+                message: format!(
+                    "{} is not empty and is not a GDX data directory; choose another --data-dir",
+                    data_dir.display()
+                ),
             });
         }
     }
@@ -244,7 +254,8 @@ pub fn restore(data_dir: &Path, from: &Path, force: bool, progress: &mut dyn FnM
         if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(bad(format!("unsafe path {}", f.path)));
         }
-        let (bytes, sha) = sha256_file(&staging.path().join(&f.path)).map_err(|_| bad(format!("{} is missing", f.path)))?;
+        let (bytes, sha) =
+            sha256_file(&staging.path().join(&f.path)).map_err(|_| bad(format!("{} is missing", f.path)))?;
         if bytes != f.bytes || sha != f.sha256 {
             return Err(bad(format!("{} does not match its checksum: the archive is damaged", f.path)));
         }

@@ -31,7 +31,13 @@ impl Client {
     }
 
     /// Sends a request and returns the JSON answer (or `null` for `204`); a problem answer is an error.
-    pub async fn call(&self, method: Method, path: &str, query: &[(&str, String)], body: Option<&Value>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url).query(query);
         if let Some(t) = &self.token {
@@ -58,9 +64,10 @@ impl Client {
         );
         if let Some(errors) = problem["errors"].as_array() {
             for e in errors {
-                let place = e["field"].as_str().map(str::to_string).unwrap_or_else(|| {
-                    format!("row {} column {}", e["row"], e["column"].as_str().unwrap_or("?"))
-                });
+                let place = e["field"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("row {} column {}", e["row"], e["column"].as_str().unwrap_or("?")));
                 msg.push_str(&format!("\n  - {place}: {}", e["message"].as_str().unwrap_or("")));
             }
         }
@@ -85,7 +92,8 @@ pub fn read_definition(path: &Path) -> anyhow::Result<Value> {
     match ext.as_str() {
         "json" => serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display())),
         "toml" => {
-            let v: toml::Value = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+            let v: toml::Value =
+                toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
             Ok(toml_to_json(v))
         }
         _ => bail!("{}: expected a .toml or .json file", path.display()),
@@ -146,7 +154,14 @@ pub fn print_object(value: &Value, as_json: bool) {
         println!("columns:");
         print_list(
             &json!({ "items": cols }),
-            &[("name", "name"), ("type", "type"), ("nullable", "nullable"), ("title", "title"), ("sensitivity", "sensitivity"), ("semantic", "semantic")],
+            &[
+                ("name", "name"),
+                ("type", "type"),
+                ("nullable", "nullable"),
+                ("title", "title"),
+                ("sensitivity", "sensitivity"),
+                ("semantic", "semantic"),
+            ],
             false,
         );
     }

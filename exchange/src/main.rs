@@ -279,13 +279,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_object(&v, true);
             } else {
                 let p = &v["principal"];
-                println!("principal:  {} ({}, {})", p["id"].as_str().unwrap_or("?"), p["name"].as_str().unwrap_or(""), p["kind"].as_str().unwrap_or(""));
+                println!(
+                    "principal:  {} ({}, {})",
+                    p["id"].as_str().unwrap_or("?"),
+                    p["name"].as_str().unwrap_or(""),
+                    p["kind"].as_str().unwrap_or("")
+                );
                 let dep = &v["department"];
                 match dep["id"].as_str() {
                     Some(id) => println!("department: {id} ({})", dep["name"].as_str().unwrap_or("")),
                     None => println!("department: (none)"),
                 }
-                let roles: Vec<&str> = v["roles"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                let roles: Vec<&str> =
+                    v["roles"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
                 println!("roles:      {}", roles.join(", "));
             }
         }
@@ -302,7 +308,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 q.push(("page_token", t));
             }
             let v = client()?.get("/api/v1/departments", &q).await?;
-            print_list(&v, &[("id", "id"), ("name", "name"), ("org_code", "org code"), ("region", "region"), ("parent", "parent")], json);
+            print_list(
+                &v,
+                &[("id", "id"), ("name", "name"), ("org_code", "org code"), ("region", "region"), ("parent", "parent")],
+                json,
+            );
         }
         Command::Principal(PrincipalCmd::Add { name, department, roles, kind, id }) => {
             let body = json!({"name": name, "department": department, "roles": roles, "kind": kind, "id": id});
@@ -317,7 +327,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Principal(PrincipalCmd::List { department }) => {
             let q: Vec<_> = department.map(|d| ("department", d)).into_iter().collect();
             let v = client()?.get("/api/v1/principals", &q).await?;
-            print_list(&v, &[("id", "id"), ("name", "name"), ("department", "department"), ("kind", "kind"), ("roles", "roles"), ("disabled", "disabled")], json);
+            print_list(
+                &v,
+                &[
+                    ("id", "id"),
+                    ("name", "name"),
+                    ("department", "department"),
+                    ("kind", "kind"),
+                    ("roles", "roles"),
+                    ("disabled", "disabled"),
+                ],
+                json,
+            );
         }
         Command::Principal(PrincipalCmd::Update { id, roles, disable, enable }) => {
             let mut body = serde_json::Map::new();
@@ -327,11 +348,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if disable || enable {
                 body.insert("disabled".into(), json!(disable));
             }
-            let v = client()?.call(reqwest::Method::PATCH, &format!("/api/v1/principals/{}", enc(&id)), &[], Some(&Value::Object(body))).await?;
+            let v = client()?
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/api/v1/principals/{}", enc(&id)),
+                    &[],
+                    Some(&Value::Object(body)),
+                )
+                .await?;
             print_object(&v, json);
         }
         Command::Token(TokenCmd::Create { principal, expires_at }) => {
-            let v = client()?.post(&format!("/api/v1/principals/{}/tokens", enc(&principal)), &json!({"expires_at": expires_at})).await?;
+            let v = client()?
+                .post(&format!("/api/v1/principals/{}/tokens", enc(&principal)), &json!({"expires_at": expires_at}))
+                .await?;
             if json {
                 print_object(&v, true);
             } else {

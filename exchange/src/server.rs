@@ -88,14 +88,16 @@ impl App {
             None => {
                 let path = dir.join(ADMIN_TOKEN_FILE);
                 if path.exists() {
-                    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+                    let text =
+                        std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
                     if text.trim().is_empty() {
                         return Err(Error::Config { message: format!("{} is empty", path.display()) });
                     }
                     (text.trim().to_string(), Some(path))
                 } else {
                     let secret = gdx_catalog::token::new_secret();
-                    create_private_file(&path, &format!("{secret}\n")).map_err(|source| Error::Io { path: path.clone(), source })?;
+                    create_private_file(&path, &format!("{secret}\n"))
+                        .map_err(|source| Error::Io { path: path.clone(), source })?;
                     tracing::info!(file = %path.display(), "created the administrator token");
                     (secret, Some(path))
                 }
@@ -111,12 +113,8 @@ impl App {
                 RouteAuthorizer::from_files(&model, &policy).await?
             }
         };
-        let state = AppState {
-            catalog,
-            routes: Arc::new(routes),
-            config: Arc::new(config.clone()),
-            metrics: metrics_handle(),
-        };
+        let state =
+            AppState { catalog, routes: Arc::new(routes), config: Arc::new(config.clone()), metrics: metrics_handle() };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;

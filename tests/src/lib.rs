@@ -1,1 +1,150 @@
-//! placeholder
+//! gdx-tests: a harness that runs the real GDX server on `127.0.0.1:0` with
+//! a temporary data directory and drives it over HTTP.
+
+use std::path::{Path, PathBuf};
+
+use gdx_exchange::{App, Config};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The administrator token every test server is started with.
+pub const ADMIN: &str = "gdx_test_admin_token_0123456789";
+
+/// A server under test.
+#[derive(Debug)]
+pub struct TestServer {
+    app: Option<App>,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// The configuration of a test server over `data_dir`.
+pub fn config(data_dir: &Path) -> Config {
+    Config {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        admin_token: Some(ADMIN.to_string()),
+        ..Config::default()
+    }
+}
+
+impl TestServer {
+    /// Starts a server on a new temporary data directory.
+    pub async fn start() -> Self {
+        gdx_exchange::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let app = App::start(config(&dir.path().join("data"))).await.expect("server starts");
+        Self { app: Some(app), dir, http: reqwest::Client::new() }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A scratch directory beside the data directory.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> String {
+        self.app.as_ref().expect("server running").url()
+    }
+
+    /// Stops the server and starts it again on the same data directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let app = App::start(config(&self.data_dir())).await.expect("server restarts");
+        self.app = Some(app);
+    }
+
+    /// Stops the server, releasing the data directory.
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.expect("server stops");
+        }
+    }
+
+    /// Starts the server on another data directory (e.g. a restored one).
+    pub async fn start_on(&mut self, dir: &Path) {
+        self.stop().await;
+        self.app = Some(App::start(config(dir)).await.expect("server starts"));
+    }
+
+    /// Sends a request with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.url(), path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    /// GET as `token`.
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    /// POST JSON as `token`.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// PATCH JSON as `token`.
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(token), Some(body)).await
+    }
+
+    /// Creates a department as the administrator.
+    pub async fn department(&self, id: &str, name: &str, region: &str) {
+        let (s, v) = self.post("/api/v1/departments", ADMIN, json!({"id": id, "name": name, "region": region})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Creates a principal as the administrator and returns its token.
+    pub async fn principal(&self, id: &str, department: &str, roles: &[&str]) -> String {
+        let (s, v) = self
+            .post(
+                "/api/v1/principals",
+                ADMIN,
+                json!({"id": id, "name": id, "department": department, "roles": roles, "kind": "user"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().expect("token shown once").to_string()
+    }
+}
+
+/// The example population dataset of `department` (from API.md), with extra columns.
+pub fn population(department: &str, name: &str, code: &str) -> Value {
+    json!({
+        "department": department, "name": name, "title": "户籍人口基础信息",
+        "resource_code": code, "classification": "basic", "category": "人口",
+        "description": "全市户籍人口的基础信息，含身份号码、姓名、出生日期和户籍地址。",
+        "sharing": "unconditional", "update_cycle": "daily", "primary_key": ["id_number"],
+        "columns": [
+            {"name": "id_number", "type": "string", "nullable": false, "title": "公民身份号码",
+             "sensitivity": "personal", "semantic": "id_card"},
+            {"name": "name", "type": "string", "nullable": false, "title": "姓名",
+             "sensitivity": "personal", "semantic": "person_name"},
+            {"name": "birth_date", "type": "date", "title": "出生日期", "sensitivity": "personal"},
+            {"name": "county_code", "type": "string", "title": "户籍所在县区", "sensitivity": "internal"},
+            {"name": "income", "type": "decimal(12,2)", "title": "年收入", "sensitivity": "secret"}
+        ]
+    })
+}

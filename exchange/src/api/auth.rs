@@ -54,11 +54,7 @@ async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
         tracing::info!(principal = %principal.id, route = %route, method = %parts.method, "route denied");
         return Err(ApiError::denied());
     }
-    parts.extensions.insert(Caller {
-        principal: Arc::new(principal),
-        token_id: token.id,
-        route,
-    });
+    parts.extensions.insert(Caller { principal: Arc::new(principal), token_id: token.id, route });
     Ok(Request::from_parts(parts, body))
 }
 

@@ -73,7 +73,9 @@ pub async fn search(
     Extension(caller): Extension<Caller>,
     Query(p): Query<SearchParams>,
 ) -> ApiResult<axum::Json<Page<DatasetView>>> {
-    let parse = |field: &str, v: Option<String>| -> ApiResult<_> { Ok(v.filter(|s| !s.is_empty()).map(|s| (field.to_string(), s))) };
+    let parse = |field: &str, v: Option<String>| -> ApiResult<_> {
+        Ok(v.filter(|s| !s.is_empty()).map(|s| (field.to_string(), s)))
+    };
     let classification = match parse("classification", p.classification)? {
         Some((f, v)) => Some(v.parse::<Classification>().map_err(|m| ApiError::invalid(f, m))?),
         None => None,

@@ -12,7 +12,10 @@ use crate::state::AppState;
 #[utoipa::path(post, path = "/api/v1/departments", tag = "identities", request_body = NewDepartment,
     responses((status = 201, body = Department), (status = 409, body = Problem), (status = 422, body = Problem),
               (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn create(State(state): State<AppState>, Json(input): Json<NewDepartment>) -> ApiResult<(StatusCode, axum::Json<Department>)> {
+pub async fn create(
+    State(state): State<AppState>,
+    Json(input): Json<NewDepartment>,
+) -> ApiResult<(StatusCode, axum::Json<Department>)> {
     let d = state.catalog.create_department(input).await?;
     tracing::info!(department = %d.id, "department created");
     Ok((StatusCode::CREATED, axum::Json(d)))
@@ -21,7 +24,10 @@ pub async fn create(State(state): State<AppState>, Json(input): Json<NewDepartme
 /// Lists departments.
 #[utoipa::path(get, path = "/api/v1/departments", tag = "identities", params(PageParams),
     responses((status = 200, body = Page<Department>), (status = 401, body = Problem)))]
-pub async fn list(State(state): State<AppState>, Query(page): Query<PageParams>) -> ApiResult<axum::Json<Page<Department>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(page): Query<PageParams>,
+) -> ApiResult<axum::Json<Page<Department>>> {
     Ok(axum::Json(state.catalog.store().list_departments(page.request()?).await?))
 }
 

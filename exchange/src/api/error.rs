@@ -129,7 +129,9 @@ impl From<gdx_catalog::Error> for ApiError {
         match e {
             E::Validation { errors } => Self::validation(errors),
             E::NotFound { kind, id } => Self::not_found(kind, &id),
-            E::Conflict { kind, field, value } => Self::new(CONFLICT, format!("a {kind} with {field} '{value}' already exists")),
+            E::Conflict { kind, field, value } => {
+                Self::new(CONFLICT, format!("a {kind} with {field} '{value}' already exists"))
+            }
             other => Self::internal(&other),
         }
     }
@@ -158,8 +160,7 @@ impl IntoResponse for ApiError {
             error_count,
         };
         let mut resp = (self.code.status, axum::Json(body)).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.code.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -49,7 +49,10 @@ pub struct ListParams {
 /// Lists principals (admin).
 #[utoipa::path(get, path = "/api/v1/principals", tag = "identities", params(ListParams),
     responses((status = 200, body = Page<Principal>), (status = 403, body = Problem)))]
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListParams>) -> ApiResult<axum::Json<Page<Principal>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListParams>,
+) -> ApiResult<axum::Json<Page<Principal>>> {
     let page = page_request(q.limit, q.page_token)?;
     Ok(axum::Json(state.catalog.store().list_principals(q.department, page).await?))
 }
@@ -100,7 +103,10 @@ pub async fn create_token(
 /// Lists a principal's tokens, without secrets (admin).
 #[utoipa::path(get, path = "/api/v1/principals/{id}/tokens", tag = "identities", params(("id" = String, Path)),
     responses((status = 200, body = Page<TokenInfo>), (status = 404, body = Problem)))]
-pub async fn list_tokens(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Page<TokenInfo>>> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Page<TokenInfo>>> {
     let items = state.catalog.store().list_tokens(&id).await?;
     Ok(axum::Json(Page { items, next_page_token: None }))
 }
