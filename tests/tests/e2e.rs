@@ -513,3 +513,40 @@ async fn one_data_directory_one_server() {
     let second = gdx_exchange::App::start(gdx_tests::config(&s.data_dir())).await;
     assert!(matches!(second, Err(gdx_exchange::Error::Locked { .. })), "{second:?}");
 }
+
+/// Every operation of the OpenAPI document: anonymous only where the contract
+/// says so, and decided for at least one role (no route is dead or open).
+#[tokio::test]
+async fn every_route_is_authenticated_and_decided() {
+    let s = TestServer::start().await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    let mut tokens = vec![ADMIN.to_string()];
+    for role in ["steward", "analyst", "service", "auditor"] {
+        tokens.push(s.principal(&format!("p_{role}"), "gongan", &[role]).await);
+    }
+    let (_, doc) = s.call(Method::GET, "/api/v1/openapi.json", None, None).await;
+    let anonymous = ["/healthz", "/api/v1/openapi.json"];
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        let concrete = path.replace("{id}", "gongan.x");
+        for (method, _) in item.as_object().expect("operations") {
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let body = (m != Method::GET && m != Method::DELETE).then(|| json!({}));
+            let (st, _) = s.call(m.clone(), &concrete, None, body.clone()).await;
+            if anonymous.contains(&path.as_str()) {
+                assert_eq!(st, StatusCode::OK, "{method} {path} is anonymous");
+                continue;
+            }
+            assert_eq!(st, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+            let mut decided = false;
+            for t in &tokens {
+                let (st, _) = s.call(m.clone(), &concrete, Some(t), body.clone()).await;
+                assert_ne!(st, StatusCode::INTERNAL_SERVER_ERROR, "{method} {path}");
+                decided |= st != StatusCode::FORBIDDEN;
+            }
+            assert!(decided, "{method} {path} is denied to every role");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "only {checked} operations in the OpenAPI document");
+}

@@ -1,0 +1,140 @@
+//! The `gdx` command line against a real server on loopback.
+
+use std::path::{Path, PathBuf};
+
+use gdx_exchange::{App, Config};
+use serde_json::Value;
+
+const ADMIN: &str = "gdx_cli_test_admin_token_0123456789";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn gdx(url: &str, token: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_gdx"));
+    cmd.env_remove("GDX_URL").env_remove("GDX_TOKEN").env_remove("GDX_DATA_DIR");
+    cmd.arg("--url").arg(url);
+    if let Some(t) = token {
+        cmd.env("GDX_TOKEN", t);
+    }
+    cmd.args(args);
+    let out = cmd.output().await.expect("gdx runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples")
+}
+
+#[tokio::test]
+async fn cli_administers_and_searches_the_catalogue() {
+    gdx_exchange::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = Config {
+        data_dir: data.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_token: Some(ADMIN.into()),
+        ..Config::default()
+    };
+    let app = App::start(config).await.expect("server starts");
+    let url = app.url();
+
+    let r = gdx(&url, Some(ADMIN), &["department", "add", "gongan", "--name", "梅州市公安局", "--region", "441400"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("梅州市公安局"), "{}", r.stdout);
+    let r = gdx(&url, Some(ADMIN), &["department", "list", "--json"]).await;
+    let v: Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["items"][0]["id"], "gongan");
+
+    let r = gdx(
+        &url,
+        Some(ADMIN),
+        &["principal", "add", "--name", "李四", "--department", "gongan", "--role", "steward", "--id", "steward1", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let steward = serde_json::from_str::<Value>(&r.stdout).expect("json")["token"].as_str().expect("token").to_string();
+    let r = gdx(&url, Some(ADMIN), &["principal", "add", "--name", "王五", "--department", "gongan", "--role", "analyst"])
+        .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let analyst = r.stdout.lines().find_map(|l| l.split(": ").nth(1).filter(|t| t.starts_with("gdx_"))).expect("token line");
+
+    let r = gdx(&url, Some(&steward), &["me"]).await;
+    assert!(r.stdout.contains("steward1") && r.stdout.contains("gongan"), "{}", r.stdout);
+
+    // Register from TOML and JSON definitions.
+    let toml = examples().join("population.toml");
+    let r = gdx(&url, Some(&steward), &["dataset", "register", toml.to_str().expect("path")]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("gongan.population"), "{}", r.stdout);
+    let json = examples().join("vehicles.json");
+    let r = gdx(&url, Some(&steward), &["dataset", "register", json.to_str().expect("path")]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // Search by a Chinese word: a table, or JSON.
+    let r = gdx(&url, Some(analyst), &["dataset", "search", "人口"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("gongan.population") && r.stdout.contains("户籍人口基础信息"), "{}", r.stdout);
+    assert!(!r.stdout.contains("gongan.vehicles"), "{}", r.stdout);
+    let r = gdx(&url, Some(analyst), &["dataset", "search", "号牌", "--json"]).await;
+    let v: Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["items"][0]["id"], "gongan.vehicles");
+    assert_eq!(v["items"][0]["access"], "read");
+    let r = gdx(&url, Some(analyst), &["dataset", "list", "--sharing", "conditional"]).await;
+    assert!(r.stdout.contains("gongan.vehicles") && !r.stdout.contains("gongan.population"), "{}", r.stdout);
+    let r = gdx(&url, Some(analyst), &["dataset", "show", "gongan.population"]).await;
+    assert!(r.stdout.contains("公民身份号码") && r.stdout.contains("1-01-001-0001"), "{}", r.stdout);
+
+    // Errors: a clear message and a non-zero exit.
+    let r = gdx(&url, Some(analyst), &["dataset", "register", toml.to_str().expect("path")]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"department":"gongan","name":"bad","title":"t","resource_code":"9-9","classification":"basic",
+            "sharing":"none","update_cycle":"daily","primary_key":["k"],"columns":[{"name":"k","type":"varchar"}]}"#,
+    )
+    .expect("write");
+    let r = gdx(&url, Some(&steward), &["dataset", "register", bad.to_str().expect("path")]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("columns[0].type") && r.stderr.contains("primary_key[0]"), "{}", r.stderr);
+    let r = gdx(&url, None, &["me"]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let r = gdx("http://127.0.0.1:9", Some(ADMIN), &["me"]).await;
+    assert!(r.code != 0 && r.stderr.contains("cannot reach"), "{}", r.stderr);
+
+    // Tokens: create, use, revoke.
+    let r = gdx(&url, Some(ADMIN), &["token", "create", "steward1", "--json"]).await;
+    let t: Value = serde_json::from_str(&r.stdout).expect("json");
+    let (id, secret) = (t["id"].as_str().expect("id"), t["token"].as_str().expect("secret"));
+    assert_eq!(gdx(&url, Some(secret), &["me"]).await.code, 0);
+    assert_eq!(gdx(&url, Some(ADMIN), &["token", "revoke", id]).await.code, 0);
+    assert_ne!(gdx(&url, Some(secret), &["me"]).await.code, 0);
+
+    // Backup while the server runs, with progress on standard error.
+    let archive = dir.path().join("gdx.tar");
+    let r = gdx(&url, None, &["backup", "--data-dir", data.to_str().expect("path"), "--out", archive.to_str().expect("path")])
+        .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("snapshot meta.db") && archive.is_file(), "{}", r.stderr);
+    let restored = dir.path().join("restored");
+    let r = gdx(
+        &url,
+        None,
+        &["restore", "--data-dir", restored.to_str().expect("path"), "--from", archive.to_str().expect("path")],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(restored.join("meta.db").is_file());
+    app.stop().await.expect("stops");
+}
