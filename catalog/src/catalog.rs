@@ -88,7 +88,7 @@ impl Catalog {
         let new_token =
             NewToken { id: token::new_id("tok_"), principal: id.clone(), hash: token::hash(&secret), expires_at: None };
         let principal =
-            Principal { id, name, department: Some(department), kind, roles, disabled: false, created_at: Utc::now() };
+            Principal { id, name, department: Some(department), kind, roles, disabled: false, created_at: now() };
         let (principal, info) = self.store.create_principal(principal, new_token).await?;
         Ok((principal, IssuedToken { info, token: secret }))
     }
@@ -149,7 +149,7 @@ impl Catalog {
             kind: PrincipalKind::User,
             roles: vec![Role::Admin],
             disabled: false,
-            created_at: Utc::now(),
+            created_at: now(),
         };
         let token = NewToken {
             id: ADMIN_TOKEN_ID.into(),

@@ -200,7 +200,7 @@ pub fn department(input: NewDepartment) -> Result<Department> {
         org_code,
         region,
         parent,
-        created_at: chrono::Utc::now(),
+        created_at: now(),
     })
 }
 
@@ -374,7 +374,7 @@ pub fn dataset(input: NewDataset, today: NaiveDate) -> Result<Dataset> {
     else {
         return Err(Error::invalid("dataset", "incomplete"));
     };
-    let now = chrono::Utc::now();
+    let at = now();
     Ok(Dataset {
         id: format!("{department}.{name}"),
         department,
@@ -397,8 +397,8 @@ pub fn dataset(input: NewDataset, today: NaiveDate) -> Result<Dataset> {
         current_version: None,
         row_count: 0,
         created_by: None,
-        created_at: now,
-        updated_at: now,
+        created_at: at,
+        updated_at: at,
     })
 }
 
@@ -476,7 +476,7 @@ pub fn dataset_patch(current: &Dataset, patch: DatasetPatch) -> Result<Dataset> 
         d.columns = new;
     }
     p.finish()?;
-    d.updated_at = chrono::Utc::now();
+    d.updated_at = now();
     Ok(d)
 }
 

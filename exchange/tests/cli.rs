@@ -47,7 +47,8 @@ async fn cli_administers_and_searches_the_catalogue() {
     let app = App::start(config).await.expect("server starts");
     let url = app.url();
 
-    let r = gdx(&url, Some(ADMIN), &["department", "add", "gongan", "--name", "梅州市公安局", "--region", "441400"]).await;
+    let r =
+        gdx(&url, Some(ADMIN), &["department", "add", "gongan", "--name", "梅州市公安局", "--region", "441400"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("梅州市公安局"), "{}", r.stdout);
     let r = gdx(&url, Some(ADMIN), &["department", "list", "--json"]).await;
@@ -57,15 +58,29 @@ async fn cli_administers_and_searches_the_catalogue() {
     let r = gdx(
         &url,
         Some(ADMIN),
-        &["principal", "add", "--name", "李四", "--department", "gongan", "--role", "steward", "--id", "steward1", "--json"],
+        &[
+            "principal",
+            "add",
+            "--name",
+            "李四",
+            "--department",
+            "gongan",
+            "--role",
+            "steward",
+            "--id",
+            "steward1",
+            "--json",
+        ],
     )
     .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     let steward = serde_json::from_str::<Value>(&r.stdout).expect("json")["token"].as_str().expect("token").to_string();
-    let r = gdx(&url, Some(ADMIN), &["principal", "add", "--name", "王五", "--department", "gongan", "--role", "analyst"])
-        .await;
+    let r =
+        gdx(&url, Some(ADMIN), &["principal", "add", "--name", "王五", "--department", "gongan", "--role", "analyst"])
+            .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let analyst = r.stdout.lines().find_map(|l| l.split(": ").nth(1).filter(|t| t.starts_with("gdx_"))).expect("token line");
+    let analyst =
+        r.stdout.lines().find_map(|l| l.split(": ").nth(1).filter(|t| t.starts_with("gdx_"))).expect("token line");
 
     let r = gdx(&url, Some(&steward), &["me"]).await;
     assert!(r.stdout.contains("steward1") && r.stdout.contains("gongan"), "{}", r.stdout);
@@ -123,8 +138,12 @@ async fn cli_administers_and_searches_the_catalogue() {
 
     // Backup while the server runs, with progress on standard error.
     let archive = dir.path().join("gdx.tar");
-    let r = gdx(&url, None, &["backup", "--data-dir", data.to_str().expect("path"), "--out", archive.to_str().expect("path")])
-        .await;
+    let r = gdx(
+        &url,
+        None,
+        &["backup", "--data-dir", data.to_str().expect("path"), "--out", archive.to_str().expect("path")],
+    )
+    .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("snapshot meta.db") && archive.is_file(), "{}", r.stderr);
     let restored = dir.path().join("restored");
