@@ -148,6 +148,9 @@ impl Config {
         if let Some(v) = args.log_format {
             c.log_format = v;
         }
+        if c.secret_key_file.is_none() {
+            c.secret_key_file = Some(crate::secret::default_path(args.config.as_deref(), &c.data_dir));
+        }
         if let Ok(token) = std::env::var("GDX_ADMIN_TOKEN")
             && !token.trim().is_empty()
         {

@@ -80,6 +80,8 @@ impl App {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         let lock = lock_data_dir(&dir)?;
+        let secret_path = config.secret_key_file.clone().unwrap_or_else(|| crate::secret::default_path(None, &dir));
+        let secret = crate::secret::load_or_create(&secret_path, &dir)?;
         let store = SqliteStore::open(&dir.join(META_DB))?;
         let catalog = Catalog::new(Arc::new(store));
 
@@ -113,8 +115,13 @@ impl App {
                 RouteAuthorizer::from_files(&model, &policy).await?
             }
         };
-        let state =
-            AppState { catalog, routes: Arc::new(routes), config: Arc::new(config.clone()), metrics: metrics_handle() };
+        let state = AppState {
+            catalog,
+            routes: Arc::new(routes),
+            config: Arc::new(config.clone()),
+            metrics: metrics_handle(),
+            secret: Arc::new(secret),
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;

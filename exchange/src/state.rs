@@ -7,6 +7,7 @@ use gdx_policies::RouteAuthorizer;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::secret::PlatformSecret;
 
 /// Shared state of the HTTP service (cheap to clone).
 #[derive(Clone, Debug)]
@@ -19,4 +20,6 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The platform secret (keyed-hash masks, audit checkpoints).
+    pub secret: Arc<PlatformSecret>,
 }

@@ -73,17 +73,8 @@ pub async fn search(
     Extension(caller): Extension<Caller>,
     Query(p): Query<SearchParams>,
 ) -> ApiResult<axum::Json<Page<DatasetView>>> {
-    let parse = |field: &str, v: Option<String>| -> ApiResult<_> {
-        Ok(v.filter(|s| !s.is_empty()).map(|s| (field.to_string(), s)))
-    };
-    let classification = match parse("classification", p.classification)? {
-        Some((f, v)) => Some(v.parse::<Classification>().map_err(|m| ApiError::invalid(f, m))?),
-        None => None,
-    };
-    let sharing = match parse("sharing", p.sharing)? {
-        Some((f, v)) => Some(v.parse::<SharingType>().map_err(|m| ApiError::invalid(f, m))?),
-        None => None,
-    };
+    let classification = parse_filter::<Classification>("classification", p.classification)?;
+    let sharing = parse_filter::<SharingType>("sharing", p.sharing)?;
     let status = match p.status.as_deref() {
         None | Some("") => Some(DatasetStatus::Active),
         Some("all") => None,
@@ -105,6 +96,14 @@ pub async fn search(
         items: page.items.into_iter().map(|d| view(&caller, d)).collect(),
         next_page_token: page.next_page_token,
     }))
+}
+
+/// An optional filter value of a closed set; empty means absent.
+fn parse_filter<T: std::str::FromStr<Err = String>>(field: &str, value: Option<String>) -> ApiResult<Option<T>> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) => v.parse().map(Some).map_err(|m| ApiError::invalid(field, m)),
+        None => Ok(None),
+    }
 }
 
 /// One catalogue entry, with the caller's access.
