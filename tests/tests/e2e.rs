@@ -434,6 +434,17 @@ async fn anonymous_routes_openapi_and_metrics() {
     }
     assert!(doc["components"]["schemas"]["NewDataset"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Operation ids are unique and every response is described (OpenAPI requires both).
+    let mut operation_ids = std::collections::HashSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("operations") {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(operation_ids.insert(id.clone()), "{method} {path}: operationId '{id}' is not unique");
+            for (status, resp) in op["responses"].as_object().expect("responses") {
+                assert!(resp["description"].is_string(), "{method} {path} {status} has no description");
+            }
+        }
+    }
 
     // Every route of the router is in the document, and nothing else is anonymous.
     for path in ["/api/v1/me", "/api/v1/datasets", "/api/v1/departments", "/metrics"] {

@@ -29,9 +29,14 @@ fn view(caller: &Caller, dataset: Dataset) -> DatasetView {
 }
 
 /// Registers a dataset (a steward of the provider department, or an admin).
-#[utoipa::path(post, path = "/api/v1/datasets", tag = "catalogue", request_body = NewDataset,
-    responses((status = 201, body = DatasetView), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(operation_id = "create_dataset", post, path = "/api/v1/datasets", tag = "catalogue", request_body = NewDataset,
+    responses(
+        (status = 201, description = "Created", body = DatasetView),
+        (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -46,6 +51,7 @@ pub async fn create(
 
 /// Search and filters of the catalogue.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Words to find in titles, descriptions and column titles (Chinese words of two characters and more).
     pub q: Option<String>,
@@ -66,8 +72,12 @@ pub struct SearchParams {
 }
 
 /// Searches the catalogue.
-#[utoipa::path(get, path = "/api/v1/datasets", tag = "catalogue", params(SearchParams),
-    responses((status = 200, body = Page<DatasetView>), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[utoipa::path(operation_id = "search_datasets", get, path = "/api/v1/datasets", tag = "catalogue", params(SearchParams),
+    responses(
+        (status = 200, description = "OK", body = Page<DatasetView>),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn search(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -107,8 +117,11 @@ fn parse_filter<T: std::str::FromStr<Err = String>>(field: &str, value: Option<S
 }
 
 /// One catalogue entry, with the caller's access.
-#[utoipa::path(get, path = "/api/v1/datasets/{id}", tag = "catalogue", params(("id" = String, Path, description = "{department}.{name}")),
-    responses((status = 200, body = DatasetView), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "get_dataset", get, path = "/api/v1/datasets/{id}", tag = "catalogue", params(("id" = String, Path, description = "{department}.{name}")),
+    responses(
+        (status = 200, description = "OK", body = DatasetView),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -119,10 +132,15 @@ pub async fn get(
 }
 
 /// Edits metadata, adds nullable columns or retires a dataset (its steward or an admin).
-#[utoipa::path(patch, path = "/api/v1/datasets/{id}", tag = "catalogue", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "update_dataset", patch, path = "/api/v1/datasets/{id}", tag = "catalogue", params(("id" = String, Path)),
     request_body = DatasetPatch,
-    responses((status = 200, body = DatasetView), (status = 404, body = Problem), (status = 409, body = Problem),
-              (status = 422, body = Problem), (status = 403, body = Problem)))]
+    responses(
+        (status = 200, description = "OK", body = DatasetView),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -135,8 +153,11 @@ pub async fn update(
 }
 
 /// The committed versions of a dataset, newest first.
-#[utoipa::path(get, path = "/api/v1/datasets/{id}/versions", tag = "catalogue", params(("id" = String, Path), PageParams),
-    responses((status = 200, body = Page<Version>), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "list_versions", get, path = "/api/v1/datasets/{id}/versions", tag = "catalogue", params(("id" = String, Path), PageParams),
+    responses(
+        (status = 200, description = "OK", body = Page<Version>),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn versions(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -9,9 +9,14 @@ use super::extract::{Json, PageParams, Query};
 use crate::state::AppState;
 
 /// Registers a department (admin).
-#[utoipa::path(post, path = "/api/v1/departments", tag = "identities", request_body = NewDepartment,
-    responses((status = 201, body = Department), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(operation_id = "create_department", post, path = "/api/v1/departments", tag = "identities", request_body = NewDepartment,
+    responses(
+        (status = 201, description = "Created", body = Department),
+        (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Json(input): Json<NewDepartment>,
@@ -22,8 +27,11 @@ pub async fn create(
 }
 
 /// Lists departments.
-#[utoipa::path(get, path = "/api/v1/departments", tag = "identities", params(PageParams),
-    responses((status = 200, body = Page<Department>), (status = 401, body = Problem)))]
+#[utoipa::path(operation_id = "list_departments", get, path = "/api/v1/departments", tag = "identities", params(PageParams),
+    responses(
+        (status = 200, description = "OK", body = Page<Department>),
+        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Query(page): Query<PageParams>,
@@ -32,8 +40,11 @@ pub async fn list(
 }
 
 /// One department.
-#[utoipa::path(get, path = "/api/v1/departments/{id}", tag = "identities", params(("id" = String, Path)),
-    responses((status = 200, body = Department), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "get_department", get, path = "/api/v1/departments/{id}", tag = "identities", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "OK", body = Department),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Department>> {
     Ok(axum::Json(state.catalog.store().department(&id).await?))
 }

@@ -78,6 +78,7 @@ fn serde_urlencoded_de(query: &str) -> serde_urlencoded::Deserializer<'_> {
 
 /// `?limit=&page_token=` of every list.
 #[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1..=1000, default 100.
     pub limit: Option<usize>,

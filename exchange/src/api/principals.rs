@@ -23,9 +23,14 @@ pub struct CreatedPrincipal {
 }
 
 /// Creates a principal and its first token (admin).
-#[utoipa::path(post, path = "/api/v1/principals", tag = "identities", request_body = NewPrincipal,
-    responses((status = 201, body = CreatedPrincipal), (status = 409, body = Problem), (status = 422, body = Problem),
-              (status = 401, body = Problem), (status = 403, body = Problem)))]
+#[utoipa::path(operation_id = "create_principal", post, path = "/api/v1/principals", tag = "identities", request_body = NewPrincipal,
+    responses(
+        (status = 201, description = "Created", body = CreatedPrincipal),
+        (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Json(input): Json<NewPrincipal>,
@@ -37,6 +42,7 @@ pub async fn create(
 
 /// Filters of the principal list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only principals of this department.
     pub department: Option<String>,
@@ -47,8 +53,11 @@ pub struct ListParams {
 }
 
 /// Lists principals (admin).
-#[utoipa::path(get, path = "/api/v1/principals", tag = "identities", params(ListParams),
-    responses((status = 200, body = Page<Principal>), (status = 403, body = Problem)))]
+#[utoipa::path(operation_id = "list_principals", get, path = "/api/v1/principals", tag = "identities", params(ListParams),
+    responses(
+        (status = 200, description = "OK", body = Page<Principal>),
+        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListParams>,
@@ -58,16 +67,23 @@ pub async fn list(
 }
 
 /// One principal (admin).
-#[utoipa::path(get, path = "/api/v1/principals/{id}", tag = "identities", params(("id" = String, Path)),
-    responses((status = 200, body = Principal), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "get_principal", get, path = "/api/v1/principals/{id}", tag = "identities", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "OK", body = Principal),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Principal>> {
     Ok(axum::Json(state.catalog.store().principal(&id).await?))
 }
 
 /// Changes roles or disables a principal (admin).
-#[utoipa::path(patch, path = "/api/v1/principals/{id}", tag = "identities", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "update_principal", patch, path = "/api/v1/principals/{id}", tag = "identities", params(("id" = String, Path)),
     request_body = PrincipalPatch,
-    responses((status = 200, body = Principal), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses(
+        (status = 200, description = "OK", body = Principal),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -87,9 +103,13 @@ pub struct NewTokenInput {
 }
 
 /// Issues a token to a principal (admin); the secret is shown once.
-#[utoipa::path(post, path = "/api/v1/principals/{id}/tokens", tag = "identities", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "create_token", post, path = "/api/v1/principals/{id}/tokens", tag = "identities", params(("id" = String, Path)),
     request_body = NewTokenInput,
-    responses((status = 201, body = IssuedToken), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses(
+        (status = 201, description = "Created", body = IssuedToken),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn create_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -101,8 +121,11 @@ pub async fn create_token(
 }
 
 /// Lists a principal's tokens, without secrets (admin).
-#[utoipa::path(get, path = "/api/v1/principals/{id}/tokens", tag = "identities", params(("id" = String, Path)),
-    responses((status = 200, body = Page<TokenInfo>), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "list_tokens", get, path = "/api/v1/principals/{id}/tokens", tag = "identities", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "OK", body = Page<TokenInfo>),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -112,8 +135,11 @@ pub async fn list_tokens(
 }
 
 /// Revokes a token (admin); effective for the next request.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "identities", params(("id" = String, Path)),
-    responses((status = 204, description = "Revoked"), (status = 404, body = Problem)))]
+#[utoipa::path(operation_id = "revoke_token", delete, path = "/api/v1/tokens/{id}", tag = "identities", params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_token(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.catalog.store().revoke_token(&id).await?;
     tracing::info!(token = %id, "token revoked");

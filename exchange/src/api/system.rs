@@ -15,23 +15,30 @@ pub struct Health {
 }
 
 /// Liveness: the server answers.
-#[utoipa::path(get, path = "/healthz", tag = "system", security(()),
-    responses((status = 200, description = "The server is up", body = Health)))]
+#[utoipa::path(operation_id = "healthz", get, path = "/healthz", tag = "system", security(()),
+    responses(
+        (status = 200, description = "The server is up", body = Health),
+    ))]
 pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
 /// Prometheus metrics (admin or auditor).
-#[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
-              (status = 401, body = super::error::Problem), (status = 403, body = super::error::Problem)))]
+#[utoipa::path(operation_id = "metrics", get, path = "/metrics", tag = "system",
+    responses(
+        (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
+        (status = 401, description = "Unauthenticated", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Access denied", body = super::error::Problem, content_type = "application/problem+json"),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 
 /// The OpenAPI 3 document of this API.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "system", security(()),
-    responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+#[utoipa::path(operation_id = "openapi", get, path = "/api/v1/openapi.json", tag = "system", security(()),
+    responses(
+        (status = 200, description = "OpenAPI document", content_type = "application/json"),
+    ))]
 pub async fn openapi() -> impl IntoResponse {
     axum::Json(super::openapi_document())
 }
