@@ -22,9 +22,12 @@ pub fn now() -> DateTime<Utc> {
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
+        // Every spelling is the variant's name in lowercase: `rename_all` (rather than a
+        // per-variant rename) is what the OpenAPI derive reads through this macro.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "lowercase")]
         pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+            $($(#[$vmeta])* $variant),+
         }
 
         impl $name {
@@ -223,12 +226,14 @@ pub struct Department {
 #[serde(deny_unknown_fields)]
 pub struct NewDepartment {
     /// Lowercase SQL identifier (`[a-z][a-z0-9_]{0,62}`).
+    #[schema(pattern = r"^[a-z][a-z0-9_]{0,62}$")]
     pub id: Option<String>,
     /// Display name.
     pub name: Option<String>,
     /// Organisation code or unified social credit code.
     pub org_code: Option<String>,
     /// Administrative division code, 6 or 12 digits.
+    #[schema(pattern = r"^([0-9]{6}|[0-9]{12})$")]
     pub region: Option<String>,
     /// Id of the parent department.
     pub parent: Option<String>,
@@ -265,6 +270,7 @@ impl Principal {
 #[serde(deny_unknown_fields)]
 pub struct NewPrincipal {
     /// Optional identifier (`[a-z][a-z0-9_.-]{0,62}`); generated when absent.
+    #[schema(pattern = r"^[a-z][a-z0-9_.-]{0,62}$")]
     pub id: Option<String>,
     /// Display name.
     pub name: Option<String>,
@@ -326,6 +332,7 @@ pub struct Column {
 #[serde(deny_unknown_fields)]
 pub struct NewColumn {
     /// Lowercase SQL identifier.
+    #[schema(pattern = r"^[a-z][a-z0-9_]{0,62}$")]
     pub name: Option<String>,
     /// `string|int64|float64|boolean|date|timestamp|decimal(p,s)`.
     #[serde(rename = "type")]
@@ -415,8 +422,10 @@ impl Dataset {
 #[serde(deny_unknown_fields)]
 pub struct NewDataset {
     /// Provider department id (required).
+    #[schema(pattern = r"^[a-z][a-z0-9_]{0,62}$")]
     pub department: Option<String>,
     /// Lowercase SQL identifier (required).
+    #[schema(pattern = r"^[a-z][a-z0-9_]{0,62}$")]
     pub name: Option<String>,
     /// Title (required).
     pub title: Option<String>,
@@ -574,5 +583,31 @@ impl PageRequest {
             None
         };
         Ok(Page { items, next_page_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serde spelling of every closed-set value is its `as_str`.
+    #[test]
+    fn string_enums_spell_as_declared() {
+        fn check<T: Serialize + FromStr<Err = String> + PartialEq + std::fmt::Debug + Copy>(
+            all: &[T],
+            text: fn(T) -> &'static str,
+        ) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).expect("serialises"), serde_json::json!(text(*v)));
+                assert_eq!(text(*v).parse::<T>(), Ok(*v));
+            }
+        }
+        check(Classification::ALL, Classification::as_str);
+        check(SharingType::ALL, SharingType::as_str);
+        check(UpdateCycle::ALL, UpdateCycle::as_str);
+        check(Sensitivity::ALL, Sensitivity::as_str);
+        check(DatasetStatus::ALL, DatasetStatus::as_str);
+        check(Role::ALL, Role::as_str);
+        check(PrincipalKind::ALL, PrincipalKind::as_str);
     }
 }

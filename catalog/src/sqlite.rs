@@ -647,11 +647,6 @@ impl MetaStore for SqliteStore {
         })
         .await
     }
-
-    async fn backup(&self, dest: &Path) -> Result<()> {
-        let dest = dest.to_path_buf();
-        self.read(move |c| backup_connection(c, &dest)).await
-    }
 }
 
 /// Copies the database behind `conn` into a new file `dest` with SQLite's online backup.

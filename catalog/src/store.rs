@@ -7,8 +7,6 @@
 //! needs them to be; the SQLite backend runs its work on blocking threads.
 //! The store stores and finds: validation and authorisation happen above it.
 
-use std::path::Path;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -60,9 +58,6 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn search_datasets(&self, query: DatasetQuery, page: PageRequest) -> Result<Page<Dataset>>;
     /// Versions of a dataset, newest first.
     async fn versions(&self, dataset: &str, page: PageRequest) -> Result<Page<Version>>;
-
-    /// Writes a consistent copy of the store to `dest` while it is in use.
-    async fn backup(&self, dest: &Path) -> Result<()>;
 }
 
 /// A token to store: its id, owner, hash and expiry.

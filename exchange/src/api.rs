@@ -38,7 +38,7 @@ use error::ApiError;
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags((name = "system"), (name = "identities"), (name = "catalogue")),
 )]
 struct ApiDoc;
@@ -53,6 +53,48 @@ impl utoipa::Modify for BearerAuth {
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
     }
 }
+
+/// Adds the answers every operation can give (authentication, malformed or
+/// invalid input, body limits) so each handler documents only its own.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let anonymous = ANONYMOUS_ROUTES.contains(&path.as_str());
+            for op in
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete].into_iter().flatten()
+            {
+                let mut add = |status: &str, description: &str| {
+                    op.responses.responses.entry(status.to_string()).or_insert_with(|| problem(description).into());
+                };
+                if !anonymous {
+                    add("401", "Unauthenticated");
+                    add("403", "Access denied");
+                    add("422", "Validation failed");
+                }
+                if op.request_body.is_some() {
+                    add("400", "Malformed request");
+                    add("413", "Body too large");
+                    add("415", "Unsupported media type");
+                }
+            }
+        }
+    }
+}
+
+/// Routes that need no credential; every other route is decided by casbin.
+pub const ANONYMOUS_ROUTES: &[&str] = &["/healthz", "/api/v1/openapi.json"];
 
 /// The OpenAPI document served at `/api/v1/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {

@@ -66,6 +66,7 @@ pub struct SearchParams {
     /// active (default), retired or all.
     pub status: Option<String>,
     /// Items per page, 1..=1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Token from the previous page.
     pub page_token: Option<String>,

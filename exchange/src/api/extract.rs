@@ -81,6 +81,7 @@ fn serde_urlencoded_de(query: &str) -> serde_urlencoded::Deserializer<'_> {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Token from the previous page.
     pub page_token: Option<String>,

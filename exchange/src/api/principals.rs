@@ -47,6 +47,7 @@ pub struct ListParams {
     /// Only principals of this department.
     pub department: Option<String>,
     /// Items per page, 1..=1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// Token from the previous page.
     pub page_token: Option<String>,
