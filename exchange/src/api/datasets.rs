@@ -33,9 +33,6 @@ fn view(caller: &Caller, dataset: Dataset) -> DatasetView {
     responses(
         (status = 201, description = "Created", body = DatasetView),
         (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -76,8 +73,6 @@ pub struct SearchParams {
 #[utoipa::path(operation_id = "search_datasets", get, path = "/api/v1/datasets", tag = "catalogue", params(SearchParams),
     responses(
         (status = 200, description = "OK", body = Page<DatasetView>),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn search(
     State(state): State<AppState>,
@@ -139,8 +134,6 @@ pub async fn get(
         (status = 200, description = "OK", body = DatasetView),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
     State(state): State<AppState>,

@@ -13,9 +13,6 @@ use crate::state::AppState;
     responses(
         (status = 201, description = "Created", body = Department),
         (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -30,7 +27,6 @@ pub async fn create(
 #[utoipa::path(operation_id = "list_departments", get, path = "/api/v1/departments", tag = "identities", params(PageParams),
     responses(
         (status = 200, description = "OK", body = Page<Department>),
-        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,

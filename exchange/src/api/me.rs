@@ -26,7 +26,6 @@ pub struct Me {
 #[utoipa::path(operation_id = "me", get, path = "/api/v1/me", tag = "identities",
     responses(
         (status = 200, description = "OK", body = Me),
-        (status = 401, description = "Unauthenticated", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn me(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<axum::Json<Me>> {
     let department = match &caller.principal.department {

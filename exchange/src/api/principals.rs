@@ -27,9 +27,6 @@ pub struct CreatedPrincipal {
     responses(
         (status = 201, description = "Created", body = CreatedPrincipal),
         (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unauthenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -57,7 +54,6 @@ pub struct ListParams {
 #[utoipa::path(operation_id = "list_principals", get, path = "/api/v1/principals", tag = "identities", params(ListParams),
     responses(
         (status = 200, description = "OK", body = Page<Principal>),
-        (status = 403, description = "Access denied", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -83,7 +79,6 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     responses(
         (status = 200, description = "OK", body = Principal),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -109,7 +104,6 @@ pub struct NewTokenInput {
     responses(
         (status = 201, description = "Created", body = IssuedToken),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_token(
     State(state): State<AppState>,

@@ -27,8 +27,6 @@ pub async fn healthz() -> axum::Json<Health> {
 #[utoipa::path(operation_id = "metrics", get, path = "/metrics", tag = "system",
     responses(
         (status = 200, description = "Prometheus text exposition", content_type = "text/plain"),
-        (status = 401, description = "Unauthenticated", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Access denied", body = super::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
