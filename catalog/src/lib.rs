@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod lake;
 pub mod model;
 pub mod search;
 pub mod sqlite;

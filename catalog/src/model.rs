@@ -512,6 +512,13 @@ pub struct Version {
     pub committed_at: DateTime<Utc>,
     /// Principal that pushed it.
     pub committed_by: Option<String>,
+    /// Rows set aside by `on_error=skip` (retrievable by the provider's stewards).
+    pub rejected: i64,
+    /// The Delta table version holding it (for other Delta readers' time travel).
+    pub delta_version: Option<i64>,
+    /// The client's idempotency key, never shown.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
 /// Filters of a catalogue search.

@@ -21,7 +21,8 @@ use crate::store::{MetaStore, NewToken, TokenHash};
 
 /// Schema versions, applied in order; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
-    // 1: departments, principals, tokens, datasets, versions, search index.
+    // 1: departments, principals, tokens, datasets, versions (with the Delta version
+    // behind each, rejected rows and idempotency keys), search index.
     r#"
     CREATE TABLE departments (
         id          TEXT PRIMARY KEY,
@@ -74,8 +75,13 @@ const MIGRATIONS: &[&str] = &[
         bytes         INTEGER NOT NULL,
         committed_at  TEXT NOT NULL,
         committed_by  TEXT,
+        rejected      INTEGER NOT NULL DEFAULT 0,
+        delta_version INTEGER,
+        idempotency_key TEXT,
         PRIMARY KEY (dataset, version)
     );
+    CREATE UNIQUE INDEX dataset_versions_idempotency ON dataset_versions(dataset, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
     CREATE VIRTUAL TABLE dataset_search USING fts5(
         id UNINDEXED, title, body, chars, tokenize = 'unicode61 remove_diacritics 2'
     );
@@ -279,6 +285,8 @@ fn dataset_row(r: &Row<'_>) -> rusqlite::Result<Dataset> {
     Ok(d)
 }
 
+const VERSION_COLS: &str = "version, mode, row_count, rows_written, bytes, committed_at, committed_by, rejected, delta_version, idempotency_key";
+
 fn version_row(r: &Row<'_>) -> rusqlite::Result<Version> {
     Ok(Version {
         version: r.get(0)?,
@@ -288,6 +296,9 @@ fn version_row(r: &Row<'_>) -> rusqlite::Result<Version> {
         bytes: r.get(4)?,
         committed_at: parse_ts(&r.get::<_, String>(5)?)?,
         committed_by: r.get(6)?,
+        rejected: r.get(7)?,
+        delta_version: r.get(8)?,
+        idempotency_key: r.get(9)?,
     })
 }
 
@@ -638,12 +649,69 @@ impl MetaStore for SqliteStore {
         self.read(move |c| {
             get_dataset(c, &dataset)?;
             let (limit, offset) = limit_offset(&page)?;
-            let mut stmt = c.prepare(
-                "SELECT version, mode, row_count, rows_written, bytes, committed_at, committed_by
-                 FROM dataset_versions WHERE dataset = ?1 ORDER BY version DESC LIMIT ?2 OFFSET ?3",
-            )?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLS} FROM dataset_versions WHERE dataset = ?1 ORDER BY version DESC LIMIT ?2 OFFSET ?3"
+            ))?;
             let items = stmt.query_map(params![dataset, limit, offset], version_row)?.collect::<Result<Vec<_>, _>>()?;
             page.page(items)
+        })
+        .await
+    }
+
+    async fn record_version(&self, dataset: &str, v: Version) -> Result<bool> {
+        let dataset = dataset.to_string();
+        self.write(move |tx| {
+            get_dataset(tx, &dataset)?;
+            let inserted = tx.execute(
+                &format!("INSERT OR IGNORE INTO dataset_versions (dataset, {VERSION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    dataset, v.version, v.mode, v.row_count, v.rows_written, v.bytes, ts(&v.committed_at),
+                    v.committed_by, v.rejected, v.delta_version, v.idempotency_key
+                ],
+            )? == 1;
+            tx.execute(
+                "UPDATE datasets SET current_version = ?2, row_count = ?3, updated_at = ?4
+                 WHERE id = ?1 AND (current_version IS NULL OR current_version < ?2)",
+                params![dataset, v.version, v.row_count, ts(&v.committed_at)],
+            )?;
+            Ok(inserted)
+        })
+        .await
+    }
+
+    async fn version(&self, dataset: &str, version: i64) -> Result<Version> {
+        let dataset = dataset.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {VERSION_COLS} FROM dataset_versions WHERE dataset = ?1 AND version = ?2"),
+                params![dataset, version],
+                version_row,
+            )
+            .optional()?
+            .ok_or_else(|| not_found("version", &format!("{dataset}@{version}")))
+        })
+        .await
+    }
+
+    async fn version_by_idempotency_key(&self, dataset: &str, key: &str) -> Result<Option<Version>> {
+        let (dataset, key) = (dataset.to_string(), key.to_string());
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {VERSION_COLS} FROM dataset_versions WHERE dataset = ?1 AND idempotency_key = ?2"),
+                params![dataset, key],
+                version_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>> {
+        let dataset = dataset.to_string();
+        self.read(move |c| {
+            Ok(c.query_row("SELECT MAX(delta_version) FROM dataset_versions WHERE dataset = ?1", [&dataset], |r| {
+                r.get(0)
+            })?)
         })
         .await
     }

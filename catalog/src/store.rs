@@ -58,6 +58,14 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn search_datasets(&self, query: DatasetQuery, page: PageRequest) -> Result<Page<Dataset>>;
     /// Versions of a dataset, newest first.
     async fn versions(&self, dataset: &str, page: PageRequest) -> Result<Page<Version>>;
+    /// Records a committed version and makes it current if it is the newest; `false` if it was already recorded.
+    async fn record_version(&self, dataset: &str, version: Version) -> Result<bool>;
+    /// One version of a dataset.
+    async fn version(&self, dataset: &str, version: i64) -> Result<Version>;
+    /// The version a push with this idempotency key committed, if any.
+    async fn version_by_idempotency_key(&self, dataset: &str, key: &str) -> Result<Option<Version>>;
+    /// The newest Delta version the catalogue knows of for a dataset.
+    async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>>;
 }
 
 /// A token to store: its id, owner, hash and expiry.

@@ -1,9 +1,21 @@
 //! gdx-connectors: how data gets into GDX.
 //!
-//! This crate will hold the streaming decoders (CSV, NDJSON, Parquet, Arrow
-//! IPC) that turn a byte stream into Arrow record batches validated against a
-//! dataset's catalogue schema ([`gdx_catalog::Dataset::arrow_schema`]). It
-//! never decides access. Nothing is implemented here yet: ingest is the next
-//! piece of work.
+//! Streaming decoders that turn an upload (CSV in UTF-8, GBK or GB 18030,
+//! NDJSON, Parquet, Arrow IPC stream) into Arrow record batches checked
+//! against a dataset's catalogue schema: types (with the date forms people
+//! type), nullability, primary-key uniqueness within the upload, and checks
+//! by semantic type (resident ID numbers, credit codes, mobile numbers).
+//! Valid rows are staged in a local Arrow IPC file for the lake to commit;
+//! problems are reported by row and column. This crate never decides access.
 
-pub use gdx_catalog::Dataset;
+pub mod convert;
+pub mod error;
+pub mod format;
+pub mod keys;
+pub mod parse;
+pub mod stage;
+pub mod transcode;
+
+pub use error::{Error, Result};
+pub use format::{Charset, Format};
+pub use stage::{ROW_COLUMN, RowError, StageOptions, Staged, stage, staging_schema};

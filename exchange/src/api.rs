@@ -12,6 +12,7 @@ pub mod extract;
 pub mod me;
 pub mod principals;
 pub mod system;
+pub mod versions;
 
 use std::time::Instant;
 
@@ -36,10 +37,11 @@ use error::ApiError;
         principals::create, principals::list, principals::get, principals::update,
         principals::create_token, principals::list_tokens, principals::revoke_token,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
+        versions::push, versions::rejects,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest")),
 )]
 struct ApiDoc;
 
@@ -114,7 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens/{id}", delete(principals::revoke_token))
         .route("/api/v1/datasets", post(datasets::create).get(datasets::search))
         .route("/api/v1/datasets/{id}", get(datasets::get).patch(datasets::update))
-        .route("/api/v1/datasets/{id}/versions", get(datasets::versions))
+        .route("/api/v1/datasets/{id}/versions", get(datasets::versions).post(versions::push))
+        .route("/api/v1/datasets/{id}/versions/{v}/rejects", get(versions::rejects))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

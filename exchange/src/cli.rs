@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_BORDERS_ONLY};
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -47,6 +48,11 @@ impl Client {
             req = req.json(b);
         }
         let resp = req.send().await.with_context(|| format!("cannot reach the GDX server at {}", self.base))?;
+        self.answer(resp).await
+    }
+
+    /// The JSON of a response (or `null` for `204`); a problem answer is an error listing its problems.
+    pub async fn answer(&self, resp: reqwest::Response) -> anyhow::Result<Value> {
         let status = resp.status();
         let text = resp.text().await.context("reading the server's answer")?;
         if status.is_success() {
@@ -174,4 +180,97 @@ fn cell(v: &Value) -> String {
         Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
+}
+
+/// Streams `file` to the push endpoint, showing progress on standard error.
+pub async fn push(
+    client: &Client,
+    dataset: &str,
+    file: &Path,
+    content_type: &str,
+    query: &[(&str, String)],
+    idempotency_key: Option<&str>,
+) -> anyhow::Result<Value> {
+    use std::io::IsTerminal;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let meta = tokio::fs::metadata(file).await.with_context(|| format!("reading {}", file.display()))?;
+    let total = meta.len();
+    let f = tokio::fs::File::open(file).await.with_context(|| format!("opening {}", file.display()))?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let url = format!(
+        "{}/api/v1/datasets/{}/versions",
+        client.base,
+        form_urlencoded::byte_serialize(dataset.as_bytes()).collect::<String>()
+    );
+    let mut req = client
+        .http
+        .post(&url)
+        .query(query)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .header(reqwest::header::CONTENT_LENGTH, total)
+        .body(reqwest::Body::wrap_stream(stream))
+        .timeout(std::time::Duration::from_secs(24 * 3600));
+    if let Some(t) = &client.token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(k) = idempotency_key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let started = std::time::Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let progress = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(if tty { 250 } else { 2000 }));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let done = sent.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                let rate = done as f64 / secs;
+                let eta = if rate > 0.0 && done < total {
+                    format!("{:.0}s", (total - done) as f64 / rate)
+                } else {
+                    "-".into()
+                };
+                let line = format!(
+                    "sent {:.1}/{:.1} MB ({:.0}%), {:.1} MB/s, ETA {eta}{}",
+                    done as f64 / 1e6,
+                    total as f64 / 1e6,
+                    if total > 0 { done as f64 * 100.0 / total as f64 } else { 100.0 },
+                    rate / 1e6,
+                    if done >= total { " — server validating and committing" } else { "" }
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    };
+    let resp = req.send().await;
+    progress.abort();
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    let resp = resp.with_context(|| format!("cannot reach the GDX server at {}", client.base))?;
+    let value = client.answer(resp).await?;
+    let secs = started.elapsed().as_secs_f64().max(0.001);
+    if let Some(rows) = value["rows_written"].as_i64() {
+        eprintln!(
+            "{rows} rows in {secs:.1}s ({:.0} rows/s, {:.1} MB/s)",
+            rows as f64 / secs,
+            total as f64 / 1e6 / secs
+        );
+    }
+    Ok(value)
 }

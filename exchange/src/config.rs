@@ -45,6 +45,8 @@ pub struct Config {
     pub secret_key_file: Option<PathBuf>,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Largest upload a push accepts, in bytes.
+    pub max_push_bytes: u64,
     /// A casbin route model replacing the shipped `policies/route_model.conf`.
     pub route_model: Option<PathBuf>,
     /// A route policy replacing the shipped `policies/route_policy.csv`.
@@ -64,6 +66,7 @@ impl Default for Config {
             supervisor_departments: Vec::new(),
             secret_key_file: None,
             log_format: LogFormat::Text,
+            max_push_bytes: 16 * 1024 * 1024 * 1024,
             route_model: None,
             route_policy: None,
         }
@@ -103,6 +106,9 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "GDX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Largest upload a push accepts, in bytes [default: 16 GiB].
+    #[arg(long, env = "GDX_MAX_PUSH_BYTES")]
+    pub max_push_bytes: Option<u64>,
 }
 
 impl Config {
@@ -147,6 +153,9 @@ impl Config {
         }
         if let Some(v) = args.log_format {
             c.log_format = v;
+        }
+        if let Some(v) = args.max_push_bytes {
+            c.max_push_bytes = v;
         }
         if c.secret_key_file.is_none() {
             c.secret_key_file = Some(crate::secret::default_path(args.config.as_deref(), &c.data_dir));

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod ingest;
 pub mod secret;
 pub mod server;
 pub mod state;

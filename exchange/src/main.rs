@@ -43,6 +43,25 @@ enum Command {
     /// The dataset catalogue.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// Push a file as a new version of a dataset (stewards of its department).
+    Push {
+        /// `{department}.{name}`.
+        dataset: String,
+        /// The file: .csv, .ndjson/.jsonl, .parquet or .arrow (Arrow IPC stream).
+        file: PathBuf,
+        /// append, replace or upsert (merge on the primary key).
+        #[arg(long, default_value = "append")]
+        mode: String,
+        /// Format when the extension does not tell: csv, csv-gbk, csv-gb18030, ndjson, parquet, arrow.
+        #[arg(long)]
+        format: Option<String>,
+        /// reject (commit nothing if any row is bad) or skip (commit the valid rows, keep the rest aside).
+        #[arg(long, default_value = "reject")]
+        on_error: String,
+        /// Key that makes a retry return the first result instead of committing again.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Back up a data directory (also while the server runs).
     Backup {
         /// The data directory.
@@ -169,6 +188,11 @@ enum DatasetCmd {
     },
     /// Show one dataset.
     Show {
+        /// `{department}.{name}`.
+        id: String,
+    },
+    /// The committed versions of a dataset, newest first.
+    Versions {
         /// `{department}.{name}`.
         id: String,
     },
@@ -396,6 +420,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             q.push(("q", query));
             let v = client()?.get("/api/v1/datasets", &q).await?;
             print_list(&v, DATASET_COLUMNS, json);
+        }
+        Command::Dataset(DatasetCmd::Versions { id }) => {
+            let v = client()?.get(&format!("/api/v1/datasets/{}/versions", enc(&id)), &[]).await?;
+            print_list(
+                &v,
+                &[
+                    ("version", "version"),
+                    ("mode", "mode"),
+                    ("rows_written", "rows written"),
+                    ("row_count", "rows"),
+                    ("rejected", "rejected"),
+                    ("bytes", "bytes"),
+                    ("committed_at", "committed at"),
+                    ("committed_by", "by"),
+                ],
+                json,
+            );
+        }
+        Command::Push { dataset, file, mode, format, on_error, idempotency_key } => {
+            let name = match format {
+                Some(f) => f,
+                None => file.extension().and_then(|e| e.to_str()).unwrap_or("").to_string(),
+            };
+            let format = gdx_connectors::Format::from_name(&name).with_context(|| {
+                format!(
+                    "cannot tell the format of {}; pass --format csv|csv-gbk|csv-gb18030|ndjson|parquet|arrow",
+                    file.display()
+                )
+            })?;
+            let query = [("mode", mode), ("on_error", on_error)];
+            let v = cli::push(&client()?, &dataset, &file, format.content_type(), &query, idempotency_key.as_deref())
+                .await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                println!(
+                    "{dataset} version {} committed: {} rows written ({}), {} rows in all{}",
+                    v["version"],
+                    v["rows_written"],
+                    v["mode"].as_str().unwrap_or(""),
+                    v["row_count"],
+                    match v["rejected"].as_i64() {
+                        Some(n) if n > 0 => format!(", {n} rows set aside (see the version's rejects)"),
+                        _ => String::new(),
+                    }
+                );
+            }
         }
         Command::Backup { data_dir, out } => {
             let manifest = gdx_exchange::backup::backup(&data_dir, &out, &mut |m| eprintln!("gdx backup: {m}"))

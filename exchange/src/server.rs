@@ -106,6 +106,12 @@ impl App {
             }
         };
         catalog.bootstrap_admin(&admin_secret).await?;
+        crate::ingest::clean_tmp(&dir.join(crate::api::versions::TMP_DIR));
+        let lake = Arc::new(gdx_catalog::lake::Lake::new(dir.join(crate::backup::LAKE_DIR)));
+        let recovered = crate::ingest::catch_up(&catalog, &lake).await?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "the catalogue caught up with the Delta log");
+        }
 
         let routes = match (&config.route_model, &config.route_policy) {
             (None, None) => RouteAuthorizer::shipped().await?,
@@ -117,6 +123,7 @@ impl App {
         };
         let state = AppState {
             catalog,
+            lake,
             routes: Arc::new(routes),
             config: Arc::new(config.clone()),
             metrics: metrics_handle(),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use gdx_catalog::Catalog;
+use gdx_catalog::lake::Lake;
 use gdx_policies::RouteAuthorizer;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -14,6 +15,8 @@ use crate::secret::PlatformSecret;
 pub struct AppState {
     /// The catalogue over the metadata store.
     pub catalog: Catalog,
+    /// The Delta lake.
+    pub lake: Arc<Lake>,
     /// Route decisions.
     pub routes: Arc<RouteAuthorizer>,
     /// The configuration the server started with.

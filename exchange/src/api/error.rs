@@ -56,12 +56,28 @@ pub struct Problem {
     pub detail: String,
     /// Stable snake_case code.
     pub code: &'static str,
-    /// Field-level problems (validation only), at most 100.
+    /// Field- or row-level problems (validation only), at most 100.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<FieldError>>,
-    /// How many field-level problems there were in all.
+    pub errors: Option<Vec<ProblemItem>>,
+    /// How many problems there were in all.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_count: Option<usize>,
+    pub error_count: Option<u64>,
+}
+
+/// One problem of a validation error: a field of a JSON input, or a row and column of an upload.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProblemItem {
+    /// Path of the field in a JSON input, e.g. `columns[2].type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Data row of an upload, counted from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    /// Column of an upload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// An error answered to a client.
@@ -69,7 +85,8 @@ pub struct Problem {
 pub struct ApiError {
     code: Code,
     detail: String,
-    errors: Option<Vec<FieldError>>,
+    errors: Option<Vec<ProblemItem>>,
+    error_count: Option<u64>,
 }
 
 /// Most field errors listed in one response.
@@ -78,7 +95,7 @@ const MAX_LISTED: usize = 100;
 impl ApiError {
     /// An error of `code` with a detail for the client.
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), errors: None }
+        Self { code, detail: detail.into(), errors: None, error_count: None }
     }
 
     /// A validation error about one field.
@@ -93,7 +110,21 @@ impl ApiError {
             Some(first) => format!("{}: {} (and {} more problems)", first.field, first.message, errors.len() - 1),
             None => "invalid input".into(),
         };
-        Self { code: VALIDATION_FAILED, detail, errors: Some(errors) }
+        let count = errors.len() as u64;
+        let items = errors
+            .into_iter()
+            .map(|e| ProblemItem { field: Some(e.field), row: None, column: None, message: e.message })
+            .collect();
+        Self { code: VALIDATION_FAILED, detail, errors: Some(items), error_count: Some(count) }
+    }
+
+    /// A validation error of an upload: the first problems by row and column, and how many there were.
+    pub fn rows(errors: Vec<gdx_connectors::RowError>, count: u64, detail: impl Into<String>) -> Self {
+        let items = errors
+            .into_iter()
+            .map(|e| ProblemItem { field: None, row: e.row, column: e.column, message: e.message })
+            .collect();
+        Self { code: VALIDATION_FAILED, detail: detail.into(), errors: Some(items), error_count: Some(count) }
     }
 
     /// 401: no valid credential.
@@ -145,7 +176,7 @@ impl From<gdx_policies::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error_count = self.errors.as_ref().map(Vec::len);
+        let error_count = self.error_count;
         let errors = self.errors.map(|mut e| {
             e.truncate(MAX_LISTED);
             e

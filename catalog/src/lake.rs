@@ -1,0 +1,355 @@
+//! The lake: one Delta table per dataset under `<data-dir>/lake/<department>/<name>`.
+//!
+//! Each push is one atomic Delta commit (append, replace, or upsert as a
+//! merge on the primary key). GDX numbers versions 1, 2, … one per push; the
+//! Delta table has its own numbering (compaction and schema changes commit
+//! too), so every push commit carries its GDX version, mode, author and
+//! idempotency key in the commit's metadata, and the catalogue records the
+//! pair. The Delta log is the source of truth: [`Lake::commits_after`] reads
+//! back what a crash kept out of the catalogue.
+//!
+//! Parquet files are written with zstd, page statistics and bloom filters
+//! on the primary-key columns; any Delta reader can open the tables.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::execution::context::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Dataset;
+
+/// Errors of the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// Delta Lake failed.
+    #[error("delta table {dataset}: {source}")]
+    Delta {
+        /// The dataset.
+        dataset: String,
+        /// The underlying error.
+        source: Box<DeltaTableError>,
+    },
+    /// Another writer committed first (another process on the same lake).
+    #[error("dataset {dataset} was changed by another writer; retry the push")]
+    Conflict {
+        /// The dataset.
+        dataset: String,
+    },
+    /// Query engine failure while reading staged or stored data.
+    #[error("dataset {dataset}: {source}")]
+    Engine {
+        /// The dataset.
+        dataset: String,
+        /// The underlying error.
+        source: Box<datafusion::error::DataFusionError>,
+    },
+    /// The table's folder could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// How a push changes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Add the rows.
+    Append,
+    /// Replace every row.
+    Replace,
+    /// Merge on the primary key: matching rows updated, new rows inserted.
+    Upsert,
+}
+
+impl WriteMode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::Append => "append",
+            WriteMode::Replace => "replace",
+            WriteMode::Upsert => "upsert",
+        }
+    }
+}
+
+impl std::str::FromStr for WriteMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "append" => Ok(WriteMode::Append),
+            "replace" => Ok(WriteMode::Replace),
+            "upsert" => Ok(WriteMode::Upsert),
+            _ => Err("must be one of append|replace|upsert".into()),
+        }
+    }
+}
+
+/// What a push commit records in the Delta log, and the catalogue from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushInfo {
+    /// GDX version (1, 2, …).
+    pub version: i64,
+    /// Write mode.
+    pub mode: WriteMode,
+    /// Rows the push wrote.
+    pub rows_written: i64,
+    /// Rows the push set aside (skip mode).
+    pub rejected: i64,
+    /// Principal that pushed.
+    pub committed_by: String,
+    /// The client's idempotency key, if it sent one.
+    pub idempotency_key: Option<String>,
+}
+
+/// A committed push as the catalogue records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// What the push was.
+    pub info: PushInfo,
+    /// The Delta version of the commit.
+    pub delta_version: u64,
+    /// Rows in the table after the commit.
+    pub row_count: i64,
+    /// Bytes of the files the commit added.
+    pub bytes: i64,
+    /// Commit time.
+    pub committed_at: chrono::DateTime<chrono::Utc>,
+}
+
+const INFO_KEY: &str = "gdx.push";
+/// Memory a commit may use before spilling to disk.
+const MEMORY_POOL_BYTES: usize = 256 * 1024 * 1024;
+
+/// The lake under one folder.
+#[derive(Debug)]
+pub struct Lake {
+    root: PathBuf,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn delta(dataset: &str) -> impl FnOnce(DeltaTableError) -> LakeError + '_ {
+    move |e| match e {
+        DeltaTableError::VersionAlreadyExists(_) => LakeError::Conflict { dataset: dataset.to_string() },
+        DeltaTableError::Transaction { .. } if e.to_string().contains("conflict") => {
+            LakeError::Conflict { dataset: dataset.to_string() }
+        }
+        other => LakeError::Delta { dataset: dataset.to_string(), source: Box::new(other) },
+    }
+}
+
+fn engine(dataset: &str) -> impl FnOnce(datafusion::error::DataFusionError) -> LakeError + '_ {
+    move |e| LakeError::Engine { dataset: dataset.to_string(), source: Box::new(e) }
+}
+
+/// Writer settings of every data file: zstd, page statistics, bloom filters on the key.
+pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page);
+    for k in &dataset.primary_key {
+        b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
+    }
+    b.build()
+}
+
+impl Lake {
+    /// The lake under `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), locks: Mutex::new(HashMap::new()) }
+    }
+
+    /// The folder of a dataset's table.
+    pub fn table_path(&self, dataset: &Dataset) -> PathBuf {
+        self.root.join(&dataset.department).join(&dataset.name)
+    }
+
+    fn url(&self, dataset: &Dataset) -> Result<url::Url, LakeError> {
+        let path = self.table_path(dataset);
+        std::fs::create_dir_all(&path).map_err(|source| LakeError::Io { path: path.clone(), source })?;
+        let abs = path.canonicalize().map_err(|source| LakeError::Io { path: path.clone(), source })?;
+        url::Url::from_directory_path(&abs)
+            .map_err(|_| LakeError::Io { path: abs, source: std::io::Error::other("not an absolute path") })
+    }
+
+    /// The lock that serialises writers of one dataset in this process.
+    pub fn write_lock(&self, dataset: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(dataset.to_string()).or_default().clone()
+    }
+
+    /// The dataset's table at its latest version, or `None` before the first push.
+    pub async fn open(&self, dataset: &Dataset) -> Result<Option<DeltaTable>, LakeError> {
+        if !self.table_path(dataset).join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+        let url = self.url(dataset)?;
+        let table = DeltaTable::try_from_url(url).await.map_err(delta(&dataset.id))?;
+        Ok(table.version().is_some().then_some(table))
+    }
+
+    /// The table at a Delta version.
+    pub async fn open_version(&self, dataset: &Dataset, delta_version: u64) -> Result<DeltaTable, LakeError> {
+        let url = self.url(dataset)?;
+        deltalake::open_table_with_version(url, delta_version).await.map_err(delta(&dataset.id))
+    }
+
+    /// Commits the staged Arrow IPC file as one push. Callers hold [`Lake::write_lock`].
+    ///
+    /// `columns` are the staged file's columns to write (the dataset's columns;
+    /// any others, such as row numbers, are left out).
+    #[tracing::instrument(skip_all, fields(dataset = %dataset.id, version = info.version, mode = info.mode.as_str()))]
+    pub async fn commit(&self, dataset: &Dataset, staged: &Path, info: PushInfo) -> Result<Committed, LakeError> {
+        let id = dataset.id.as_str();
+        let current = self.open(dataset).await?;
+        let before: HashSet<String> = match &current {
+            Some(t) => t.snapshot().map_err(delta(id))?.log_data().iter().map(|f| f.path().to_string()).collect(),
+            None => HashSet::new(),
+        };
+        // Delta's own planner, and a memory pool that spills (a merge may sort).
+        let state = deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
+        let ctx = SessionContext::new_with_state(state.clone());
+        let staged_path = staged.to_str().ok_or_else(|| LakeError::Io {
+            path: staged.to_path_buf(),
+            source: std::io::Error::other("staging path is not UTF-8"),
+        })?;
+        let source = ctx.read_arrow(staged_path, ArrowReadOptions::default()).await.map_err(engine(id))?;
+        let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
+        let source = source.select_columns(&names).map_err(engine(id))?;
+        let metadata =
+            serde_json::to_value(&info).map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: e.into() })?;
+        let props = CommitProperties::default().with_metadata([(INFO_KEY.to_string(), metadata)]).with_max_retries(0);
+        let state = Arc::new(state);
+        let table = match (current, info.mode) {
+            (Some(table), WriteMode::Upsert) => {
+                let on = dataset
+                    .primary_key
+                    .iter()
+                    .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                let (table, _metrics) = table
+                    .merge(source, on)
+                    .with_source_alias("source")
+                    .with_target_alias("target")
+                    .with_merge_schema(true)
+                    .with_session_state(state)
+                    .with_writer_properties(writer_properties(dataset))
+                    .with_commit_properties(props)
+                    .when_matched_update(|u| {
+                        names
+                            .iter()
+                            .filter(|c| !dataset.primary_key.iter().any(|k| k == *c))
+                            .fold(u, |u, c| u.update(format!("\"{c}\""), format!("source.\"{c}\"")))
+                    })
+                    .map_err(delta(id))?
+                    .when_not_matched_insert(|i| {
+                        names.iter().fold(i, |i, c| i.set(format!("\"{c}\""), format!("source.\"{c}\"")))
+                    })
+                    .map_err(delta(id))?
+                    .await
+                    .map_err(delta(id))?;
+                table
+            }
+            (current, mode) => {
+                let table = match current {
+                    Some(t) => t,
+                    // A new table: created by this first write's commit.
+                    None => deltalake::DeltaTableBuilder::from_url(self.url(dataset)?)
+                        .and_then(|b| b.build())
+                        .map_err(delta(id))?,
+                };
+                let save = if mode == WriteMode::Replace { SaveMode::Overwrite } else { SaveMode::Append };
+                table
+                    .write(Vec::new())
+                    .with_input_plan(source.logical_plan().clone())
+                    .with_session_state(state)
+                    .with_save_mode(save)
+                    // Columns added to the catalogue since the last push join the table.
+                    .with_schema_mode(SchemaMode::Merge)
+                    .with_table_name(&dataset.name)
+                    .with_writer_properties(writer_properties(dataset))
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(delta(id))?
+            }
+        };
+        let delta_version = table.version().unwrap_or_default();
+        let (row_count, bytes) = stats(&table, &before, id)?;
+        Ok(Committed { info, delta_version, row_count, bytes, committed_at: chrono::Utc::now() })
+    }
+
+    /// The push commits after Delta version `after` (all of them for `None`), oldest first.
+    pub async fn commits_after(&self, dataset: &Dataset, after: Option<u64>) -> Result<Vec<Committed>, LakeError> {
+        let id = dataset.id.as_str();
+        let Some(table) = self.open(dataset).await? else { return Ok(Vec::new()) };
+        let latest = table.version().unwrap_or_default();
+        let first = after.map(|a| a + 1).unwrap_or(0);
+        if first > latest {
+            return Ok(Vec::new());
+        }
+        let infos: Vec<_> =
+            table.history(Some((latest - first + 1) as usize)).try_collect().await.map_err(delta(id))?;
+        let mut out = Vec::new();
+        // History is newest first and contiguous from the latest version.
+        for (i, commit) in infos.iter().enumerate() {
+            let v = latest - i as u64;
+            let Some(raw) = commit.info.get(INFO_KEY) else { continue };
+            let Ok(info) = serde_json::from_value::<PushInfo>(raw.clone()) else { continue };
+            let at = self.open_version(dataset, v).await?;
+            let before: HashSet<String> = if v > 0 {
+                let prev = self.open_version(dataset, v - 1).await?;
+                prev.snapshot().map_err(delta(id))?.log_data().iter().map(|f| f.path().to_string()).collect()
+            } else {
+                HashSet::new()
+            };
+            let (row_count, bytes) = stats(&at, &before, id)?;
+            let committed_at =
+                commit.timestamp.and_then(chrono::DateTime::from_timestamp_millis).unwrap_or_else(chrono::Utc::now);
+            out.push(Committed { info, delta_version: v, row_count, bytes, committed_at });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Reads every row of the table at a Delta version (for checks and tests; queries stream instead).
+    pub async fn read(
+        &self,
+        dataset: &Dataset,
+        delta_version: u64,
+    ) -> Result<Vec<arrow::array::RecordBatch>, LakeError> {
+        let id = dataset.id.as_str();
+        let table = self.open_version(dataset, delta_version).await?;
+        let ctx = SessionContext::new();
+        let provider = table.table_provider().await.map_err(engine(id))?;
+        let df = ctx.read_table(provider).map_err(engine(id))?;
+        df.collect().await.map_err(engine(id))
+    }
+}
+
+/// Rows of the table, and bytes of the files not in `before`.
+fn stats(table: &DeltaTable, before: &HashSet<String>, id: &str) -> Result<(i64, i64), LakeError> {
+    let snapshot = table.snapshot().map_err(delta(id))?;
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    for f in snapshot.log_data().iter() {
+        rows += f.num_records().unwrap_or(0) as i64;
+        if !before.contains(f.path().as_ref()) {
+            bytes += f.size();
+        }
+    }
+    Ok((rows, bytes))
+}

@@ -1,0 +1,120 @@
+//! Primary-key uniqueness within one upload, in bounded memory.
+//!
+//! Each valid row's key is hashed to 128 bits and appended, with its row
+//! number, to one of [`BUCKETS`] files; at the end each bucket is sorted on
+//! its own. Memory is one bucket (about 24 bytes × rows / 64), whatever the
+//! upload's size, and the disk holds 24 bytes per row.
+
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Number of spill files.
+pub const BUCKETS: usize = 64;
+
+/// A duplicate key: the row that repeats it and the first row that had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// The repeating row (data rows count from 1).
+    pub row: u64,
+    /// The earlier row with the same key.
+    pub first: u64,
+}
+
+/// Collects key hashes and finds repeats.
+#[derive(Debug)]
+pub struct KeySet {
+    dir: tempfile::TempDir,
+    writers: Vec<BufWriter<File>>,
+    seeds: [std::hash::RandomState; 2],
+    count: u64,
+}
+
+impl KeySet {
+    /// A key set spilling under `temp_dir`.
+    pub fn new(temp_dir: &Path) -> Result<Self> {
+        let io = |source| Error::Io { path: temp_dir.to_path_buf(), source };
+        let dir = tempfile::Builder::new().prefix("keys-").tempdir_in(temp_dir).map_err(io)?;
+        let mut writers = Vec::with_capacity(BUCKETS);
+        for i in 0..BUCKETS {
+            let path = dir.path().join(format!("{i:02}"));
+            let f = File::create(&path).map_err(|source| Error::Io { path, source })?;
+            writers.push(BufWriter::with_capacity(16 * 1024, f));
+        }
+        Ok(Self { dir, writers, seeds: [Default::default(), Default::default()], count: 0 })
+    }
+
+    /// Records the key bytes of data row `row`.
+    pub fn insert(&mut self, key: &[u8], row: u64) -> Result<()> {
+        let h = |s: &std::hash::RandomState| {
+            let mut h = s.build_hasher();
+            h.write(key);
+            h.finish()
+        };
+        let (a, b) = (h(&self.seeds[0]), h(&self.seeds[1]));
+        let bucket = (a % BUCKETS as u64) as usize;
+        let mut rec = [0u8; 24];
+        rec[..8].copy_from_slice(&a.to_le_bytes());
+        rec[8..16].copy_from_slice(&b.to_le_bytes());
+        rec[16..].copy_from_slice(&row.to_le_bytes());
+        self.count += 1;
+        self.writers[bucket].write_all(&rec).map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })
+    }
+
+    /// Every repeated key, ordered by row.
+    pub fn finish(self) -> Result<Vec<Duplicate>> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        for mut w in self.writers {
+            w.flush().map_err(io(self.dir.path()))?;
+        }
+        let mut dups = Vec::new();
+        for i in 0..BUCKETS {
+            let path = self.dir.path().join(format!("{i:02}"));
+            let mut bytes = Vec::new();
+            BufReader::new(File::open(&path).map_err(io(&path))?).read_to_end(&mut bytes).map_err(io(&path))?;
+            let mut recs: Vec<(u128, u64)> = bytes
+                .chunks_exact(24)
+                .map(|c| {
+                    let mut k = [0u8; 16];
+                    k.copy_from_slice(&c[..16]);
+                    let mut r = [0u8; 8];
+                    r.copy_from_slice(&c[16..]);
+                    (u128::from_le_bytes(k), u64::from_le_bytes(r))
+                })
+                .collect();
+            drop(bytes);
+            recs.sort_unstable();
+            for w in recs.chunk_by(|x, y| x.0 == y.0) {
+                for dup in &w[1..] {
+                    dups.push(Duplicate { row: dup.1, first: w[0].1 });
+                }
+            }
+        }
+        dups.sort_by_key(|d| d.row);
+        Ok(dups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_repeats_with_their_first_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut keys = KeySet::new(dir.path()).expect("keyset");
+        for row in 1..=10_000u64 {
+            keys.insert(format!("k{}", row % 9_990).as_bytes(), row).expect("insert");
+        }
+        let dups = keys.finish().expect("finish");
+        assert_eq!(dups.len(), 10);
+        assert_eq!(dups[0], Duplicate { row: 9_991, first: 1 });
+        assert_eq!(dups[9], Duplicate { row: 10_000, first: 10 });
+    }
+}

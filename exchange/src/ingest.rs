@@ -1,0 +1,67 @@
+//! The lake side of the server: catching the catalogue up with the Delta
+//! log at start, and turning commits into catalogue versions.
+
+use gdx_catalog::lake::{Committed, Lake};
+use gdx_catalog::{Catalog, DatasetQuery, PageRequest, Version};
+
+use crate::error::Result;
+
+/// The catalogue's record of a committed push.
+pub fn version_of(c: &Committed) -> Version {
+    Version {
+        version: c.info.version,
+        mode: c.info.mode.as_str().to_string(),
+        row_count: c.row_count,
+        rows_written: c.info.rows_written,
+        bytes: c.bytes,
+        committed_at: c.committed_at,
+        committed_by: Some(c.info.committed_by.clone()),
+        rejected: c.info.rejected,
+        delta_version: Some(c.delta_version as i64),
+        idempotency_key: c.info.idempotency_key.clone(),
+    }
+}
+
+/// Records every push the Delta log holds and the catalogue does not (a
+/// server stopped between the commit and the catalogue write). Idempotent.
+pub async fn catch_up(catalog: &Catalog, lake: &Lake) -> Result<usize> {
+    let mut recovered = 0;
+    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+    loop {
+        let datasets = catalog.store().search_datasets(DatasetQuery::default(), page.clone()).await?;
+        for d in &datasets.items {
+            if !lake.table_path(d).join("_delta_log").is_dir() {
+                continue;
+            }
+            let known = catalog.store().last_delta_version(&d.id).await?.map(|v| v as u64);
+            let commits = match lake.commits_after(d, known).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(dataset = %d.id, error = %e, "cannot read the Delta log; the catalogue may lag behind it");
+                    continue;
+                }
+            };
+            for c in commits {
+                if catalog.store().record_version(&d.id, version_of(&c)).await? {
+                    tracing::warn!(dataset = %d.id, version = c.info.version, delta_version = c.delta_version, "recovered a version from the Delta log");
+                    recovered += 1;
+                }
+            }
+        }
+        match datasets.next_page_token {
+            Some(t) => page.token = Some(t),
+            None => break,
+        }
+    }
+    Ok(recovered)
+}
+
+/// Removes what interrupted uploads left in the temporary folder.
+pub fn clean_tmp(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+}
