@@ -8,6 +8,7 @@
 //! ahead of the metadata snapshot is consistent, and every data file a copied
 //! log version names is still there when the data files are copied (files
 //! are only ever added, and vacuum keeps those within its retention period).
+//! Rows that pushes set aside (`rejects/`) are copied the same way.
 //! The archive is a tar file with a `MANIFEST.json` of SHA-256 sums, written
 //! beside its destination and renamed into place when complete. The
 //! administrator token file is not included: a restored server creates a new
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::api::versions::REJECTS_DIR;
 use crate::error::{Error, Result};
 use crate::server::{LOCK_FILE, META_DB};
 
@@ -139,13 +141,16 @@ pub fn backup(data_dir: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Re
         sqlite_snapshot(&audit, &staging.path().join(AUDIT_DB))?;
         files.push((AUDIT_DB.into(), staging.path().join(AUDIT_DB)));
     }
-    let lake = data_dir.join(LAKE_DIR);
-    if lake.is_dir() {
+    for folder in [LAKE_DIR, REJECTS_DIR] {
+        let lake = data_dir.join(folder);
+        if !lake.is_dir() {
+            continue;
+        }
         let list = lake_files(&lake)?;
-        progress(&format!("copy {LAKE_DIR}/: {} files", list.len()));
+        progress(&format!("copy {folder}/: {} files", list.len()));
         for rel in list {
             let src = lake.join(&rel);
-            let dest = staging.path().join(LAKE_DIR).join(&rel);
+            let dest = staging.path().join(folder).join(&rel);
             if let Some(d) = dest.parent() {
                 std::fs::create_dir_all(d).map_err(io(d))?;
             }
@@ -156,7 +161,7 @@ pub fn backup(data_dir: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Re
                 Err(source) => return Err(Error::Io { path: src, source }),
             }
             let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
-            files.push((format!("{LAKE_DIR}/{rel}"), dest));
+            files.push((format!("{folder}/{rel}"), dest));
         }
     }
 

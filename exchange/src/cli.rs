@@ -70,11 +70,18 @@ impl Client {
         );
         if let Some(errors) = problem["errors"].as_array() {
             for e in errors {
-                let place = e["field"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("row {} column {}", e["row"], e["column"].as_str().unwrap_or("?")));
+                let place = match (e["field"].as_str(), e["row"].as_u64(), e["column"].as_str()) {
+                    (Some(f), _, _) => f.to_string(),
+                    (None, Some(r), Some(c)) => format!("row {r}, column {c}"),
+                    (None, Some(r), None) => format!("row {r}"),
+                    (None, None, Some(c)) => format!("column {c}"),
+                    (None, None, None) => "upload".to_string(),
+                };
                 msg.push_str(&format!("\n  - {place}: {}", e["message"].as_str().unwrap_or("")));
+            }
+            let count = problem["error_count"].as_u64().unwrap_or(errors.len() as u64);
+            if count > errors.len() as u64 {
+                msg.push_str(&format!("\n  ... {count} problems in all"));
             }
         }
         bail!(msg)

@@ -136,6 +136,37 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert_eq!(gdx(&url, Some(ADMIN), &["token", "revoke", id]).await.code, 0);
     assert_ne!(gdx(&url, Some(secret), &["me"]).await.code, 0);
 
+    // Push a file with progress, then list the versions.
+    let csv = examples().join("population.csv");
+    let r = gdx(&url, Some(&steward), &["push", "gongan.population", csv.to_str().expect("path")]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("version 1 committed: 20 rows written"), "{}", r.stdout);
+    assert!(r.stderr.contains("rows/s"), "{}", r.stderr);
+    let r = gdx(
+        &url,
+        Some(&steward),
+        &["push", "gongan.population", csv.to_str().expect("path"), "--mode", "upsert", "--json"],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!((v["version"].as_i64(), v["row_count"].as_i64()), (Some(2), Some(20)));
+    let r = gdx(&url, Some(analyst), &["dataset", "versions", "gongan.population"]).await;
+    assert!(r.stdout.contains("upsert") && r.stdout.contains("append"), "{}", r.stdout);
+    // A bad file: the problems, row by row, and a non-zero exit.
+    let broken = dir.path().join("broken.csv");
+    std::fs::write(
+        &broken,
+        "id_number,name
+123,张三
+",
+    )
+    .expect("write");
+    let r = gdx(&url, Some(&steward), &["push", "gongan.population", broken.to_str().expect("path")]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("row 1, column id_number"), "{}", r.stderr);
+    let r = gdx(&url, Some(&steward), &["push", "gongan.population", bad.to_str().expect("path")]).await;
+    assert!(r.code != 0 && r.stderr.contains("--format"), "{}", r.stderr);
+
     // Backup while the server runs, with progress on standard error.
     let archive = dir.path().join("gdx.tar");
     let r = gdx(

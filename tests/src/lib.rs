@@ -31,10 +31,41 @@ pub fn config(data_dir: &Path) -> Config {
 impl TestServer {
     /// Starts a server on a new temporary data directory.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with a changed configuration.
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
         gdx_exchange::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
-        let app = App::start(config(&dir.path().join("data"))).await.expect("server starts");
+        let mut c = config(&dir.path().join("data"));
+        change(&mut c);
+        let app = App::start(c).await.expect("server starts");
         Self { app: Some(app), dir, http: reqwest::Client::new() }
+    }
+
+    /// Sends a raw body with a content type (and optional extra headers) as `token`.
+    pub async fn upload(
+        &self,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.url(), path))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body read");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// The data directory.
@@ -147,4 +178,38 @@ pub fn population(department: &str, name: &str, code: &str) -> Value {
             {"name": "income", "type": "decimal(12,2)", "title": "年收入", "sensitivity": "secret"}
         ]
     })
+}
+
+/// A valid 18-digit resident ID number (GB 11643) for a region, birth date (`YYYYMMDD`) and sequence.
+pub fn id_number(region: &str, born: &str, seq: u32) -> String {
+    let body = format!("{region}{born}{:03}", seq % 1000);
+    let check = gdx_connectors::parse::id_card_check(body.as_bytes()).expect("17 digits") as char;
+    format!("{body}{check}")
+}
+
+/// Every row of a dataset at a Delta version, as sorted lines `v1|v2|...` (null as `∅`).
+pub async fn lake_rows(data_dir: &Path, dataset: &Value, delta_version: u64) -> Vec<String> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let d: gdx_catalog::Dataset = serde_json::from_value(dataset.clone()).expect("dataset json");
+    let lake = gdx_catalog::lake::Lake::new(data_dir.join("lake"));
+    let batches = lake.read(&d, delta_version).await.expect("lake read");
+    let mut rows = Vec::new();
+    for b in batches {
+        let order: Vec<usize> = d.columns.iter().map(|c| b.schema().index_of(&c.name).expect("column")).collect();
+        let opts = FormatOptions::default().with_null("∅");
+        let fmts: Vec<_> =
+            order.iter().map(|i| ArrayFormatter::try_new(b.column(*i).as_ref(), &opts).expect("fmt")).collect();
+        for r in 0..b.num_rows() {
+            rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// The dataset's versions, newest first.
+pub async fn versions(server: &TestServer, dataset: &str, token: &str) -> Vec<Value> {
+    let (st, v) = server.get(&format!("/api/v1/datasets/{dataset}/versions"), token).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["items"].as_array().expect("items").clone()
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests of the foundation: identities, the catalogue, route
+//! The foundation: identities, the catalogue, route
 //! authorisation, bad input, restart, backup and restore, against the real
 //! server on loopback.
 

@@ -1,0 +1,5 @@
+//! End-to-end tests against the real server on loopback, in one test binary
+//! (each binary links the whole engine, so they are few).
+
+mod foundation;
+mod ingest;
