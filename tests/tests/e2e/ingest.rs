@@ -77,7 +77,7 @@ async fn every_format_and_mode_commits_one_version_that_reads_back() {
             Arc::new(StringArray::from(vec![b.clone()])),
             Arc::new(StringArray::from(vec!["李四"])),
             Arc::new(Date32Array::from(vec![Some(7350)])),
-            Arc::new(Decimal128Array::from(vec![Some(500_00)]).with_precision_and_scale(12, 2).expect("decimal")),
+            Arc::new(Decimal128Array::from(vec![Some(50_000)]).with_precision_and_scale(12, 2).expect("decimal")),
         ],
     )
     .expect("batch");
