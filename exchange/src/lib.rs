@@ -8,6 +8,7 @@ pub mod api;
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod datagen;
 pub mod error;
 pub mod ingest;
 pub mod secret;

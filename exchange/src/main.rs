@@ -62,6 +62,30 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Write realistic synthetic Meizhou data (CSV or Parquet), deterministic for a seed.
+    Datagen {
+        /// What to generate.
+        #[arg(value_enum)]
+        kind: gdx_exchange::datagen::Kind,
+        /// Rows to write.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        /// Seed of every value.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Size of the population other kinds refer to (legal representatives, the insured).
+        #[arg(long, default_value_t = 100_000)]
+        people: u64,
+        /// Number of enterprises licences and employers refer to.
+        #[arg(long, default_value_t = 10_000)]
+        enterprises: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: gdx_exchange::datagen::OutputFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Back up a data directory (also while the server runs).
     Backup {
         /// The data directory.
@@ -467,6 +491,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 );
             }
+        }
+        Command::Datagen { kind, rows, seed, people, enterprises, format, out } => {
+            use gdx_exchange::datagen;
+            let params = datagen::Params { seed, people, enterprises, today: gdx_catalog::catalog::today_shanghai() };
+            let started = std::time::Instant::now();
+            let mut last = std::time::Instant::now();
+            let n = datagen::generate(kind, rows, &params, format, &out, &mut |done| {
+                if last.elapsed().as_secs() >= 2 {
+                    last = std::time::Instant::now();
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    let eta = (rows.saturating_sub(done)) as f64 / rate.max(1.0);
+                    eprintln!("gdx datagen: {done}/{rows} rows ({rate:.0} rows/s, ETA {eta:.0}s)");
+                }
+            })?;
+            eprintln!("gdx datagen: wrote {n} {} rows to {} in {:.1}s", kind.dataset_name(), out.display(), started.elapsed().as_secs_f64());
         }
         Command::Backup { data_dir, out } => {
             let manifest = gdx_exchange::backup::backup(&data_dir, &out, &mut |m| eprintln!("gdx backup: {m}"))
