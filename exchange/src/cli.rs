@@ -12,6 +12,25 @@ use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// Writes a line to standard output; a closed pipe (`gdx ... | head`) ends the process quietly.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`emit`].
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::emit(&format!($($t)*)) };
+}
+
 /// An HTTP client for one server and credential.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -129,7 +148,7 @@ fn toml_to_json(v: toml::Value) -> Value {
 /// Prints `value` as JSON, or as a table of `columns` (JSON field, header) of its `items`.
 pub fn print_list(value: &Value, columns: &[(&str, &str)], as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         return;
     }
     let empty = Vec::new();
@@ -140,16 +159,16 @@ pub fn print_list(value: &Value, columns: &[(&str, &str)], as_json: bool) {
     for item in items {
         table.add_row(columns.iter().map(|(f, _)| cell(&item[*f])));
     }
-    println!("{table}");
+    crate::out!("{table}");
     if let Some(next) = value["next_page_token"].as_str() {
-        println!("(more: --page-token {next})");
+        crate::out!("(more: --page-token {next})");
     }
 }
 
 /// Prints one object as JSON or as `field: value` lines.
 pub fn print_object(value: &Value, as_json: bool) {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
         return;
     }
     let mut table = Table::new();
@@ -162,9 +181,9 @@ pub fn print_object(value: &Value, as_json: bool) {
             table.add_row(vec![k.clone(), cell(v)]);
         }
     }
-    println!("{table}");
+    crate::out!("{table}");
     if let Some(cols) = value["columns"].as_array() {
-        println!("columns:");
+        crate::out!("columns:");
         print_list(
             &json!({ "items": cols }),
             &[

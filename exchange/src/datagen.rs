@@ -33,16 +33,20 @@ pub const COUNTIES: [(&str, &str); 8] = [
     ("441481", "兴宁市"),
 ];
 const SURNAMES: &[&str] = &[
-    "李", "王", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高", "林", "罗",
-    "曾", "钟", "叶", "古", "丘", "廖", "谢", "温", "巫", "缪",
+    "李", "王", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高", "林",
+    "罗", "曾", "钟", "叶", "古", "丘", "廖", "谢", "温", "巫", "缪",
 ];
 const GIVEN: &[&str] = &[
-    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀", "霞", "平",
-    "刚", "桂", "华", "建", "国", "文", "辉", "玲", "红", "梅", "志", "清", "德", "荣", "嘉", "俊", "婷", "雪", "晨", "宇",
+    "伟", "芳", "娜", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀", "霞",
+    "平", "刚", "桂", "华", "建", "国", "文", "辉", "玲", "红", "梅", "志", "清", "德", "荣", "嘉", "俊", "婷", "雪",
+    "晨", "宇",
 ];
-const STREETS: &[&str] = &["江北路", "梅州大道", "嘉应路", "彬芳大道", "金山街", "文化路", "元城路", "新中路", "华南大道", "人民路"];
-const INDUSTRIES: &[&str] = &["制造业", "批发和零售业", "建筑业", "住宿和餐饮业", "农林牧渔业", "信息技术服务业", "交通运输业", "文化旅游业"];
-const WORDS: &[&str] = &["嘉应", "客都", "梅江", "金柚", "单丛", "围龙", "雁洋", "松口", "阴那", "五指石", "程江", "石扇"];
+const STREETS: &[&str] =
+    &["江北路", "梅州大道", "嘉应路", "彬芳大道", "金山街", "文化路", "元城路", "新中路", "华南大道", "人民路"];
+const INDUSTRIES: &[&str] =
+    &["制造业", "批发和零售业", "建筑业", "住宿和餐饮业", "农林牧渔业", "信息技术服务业", "交通运输业", "文化旅游业"];
+const WORDS: &[&str] =
+    &["嘉应", "客都", "梅江", "金柚", "单丛", "围龙", "雁洋", "松口", "阴那", "五指石", "程江", "石扇"];
 /// Days in the birth-date range 1930-01-01 ..= 2024-12-31.
 const BIRTH_DAYS: u64 = 34_699;
 /// Sequence numbers per county and birth date.
@@ -92,7 +96,8 @@ impl Kind {
     /// The catalogue entry of this kind for `department` (an API `POST /api/v1/datasets` body).
     pub fn definition(self, department: &str) -> Value {
         let col = |name: &str, t: &str, nullable: bool, title: &str, sensitivity: &str, semantic: Option<&str>| {
-            let mut c = json!({"name": name, "type": t, "nullable": nullable, "title": title, "sensitivity": sensitivity});
+            let mut c =
+                json!({"name": name, "type": t, "nullable": nullable, "title": title, "sensitivity": sensitivity});
             if let Some(s) = semantic {
                 c["semantic"] = json!(s);
             }
@@ -100,7 +105,14 @@ impl Kind {
         };
         let (title, code, class, category, sharing, condition, cycle, pk, columns, description) = match self {
             Kind::Population => (
-                "户籍人口基础信息", "1-01-001-0001", "basic", "人口", "unconditional", None, "daily", vec!["id_number"],
+                "户籍人口基础信息",
+                "1-01-001-0001",
+                "basic",
+                "人口",
+                "unconditional",
+                None,
+                "daily",
+                vec!["id_number"],
                 vec![
                     col("id_number", "string", false, "公民身份号码", "personal", Some("id_card")),
                     col("name", "string", false, "姓名", "personal", Some("person_name")),
@@ -113,7 +125,14 @@ impl Kind {
                 "全市户籍人口的基础信息：身份号码、姓名、性别、出生日期、户籍所在县区、地址和联系电话。",
             ),
             Kind::Enterprises => (
-                "市场主体登记信息", "1-02-001-0001", "basic", "法人", "unconditional", None, "daily", vec!["credit_code"],
+                "市场主体登记信息",
+                "1-02-001-0001",
+                "basic",
+                "法人",
+                "unconditional",
+                None,
+                "daily",
+                vec!["credit_code"],
                 vec![
                     col("credit_code", "string", false, "统一社会信用代码", "public", Some("credit_code")),
                     col("name", "string", false, "企业名称", "public", None),
@@ -127,20 +146,39 @@ impl Kind {
                 "全市企业等市场主体的登记信息：统一社会信用代码、名称、法定代表人、注册资本、成立日期和登记状态。",
             ),
             Kind::SocialInsurance => (
-                "社会保险参保信息", "2-03-001-0001", "thematic", "社会保障", "conditional",
-                Some("用于社会保障待遇核定、就业服务和主动推送服务，需说明用途"), "monthly", vec!["id_number"],
+                "社会保险参保信息",
+                "2-03-001-0001",
+                "thematic",
+                "社会保障",
+                "conditional",
+                Some("用于社会保障待遇核定、就业服务和主动推送服务，需说明用途"),
+                "monthly",
+                vec!["id_number"],
                 vec![
                     col("id_number", "string", false, "公民身份号码", "personal", Some("id_card")),
                     col("insurance_type", "string", false, "险种", "internal", None),
                     col("enrolled_on", "date", false, "参保日期", "internal", None),
                     col("status", "string", false, "参保状态", "internal", None),
-                    col("employer_credit_code", "string", true, "参保单位统一社会信用代码", "internal", Some("credit_code")),
+                    col(
+                        "employer_credit_code",
+                        "string",
+                        true,
+                        "参保单位统一社会信用代码",
+                        "internal",
+                        Some("credit_code"),
+                    ),
                 ],
                 "基本养老保险参保登记：险种、参保日期、参保状态和参保单位。",
             ),
             Kind::Pensions => (
-                "养老金领取信息", "2-03-002-0001", "thematic", "社会保障", "conditional",
-                Some("用于待遇资格认证和民生救助核对，需说明用途"), "monthly", vec!["id_number"],
+                "养老金领取信息",
+                "2-03-002-0001",
+                "thematic",
+                "社会保障",
+                "conditional",
+                Some("用于待遇资格认证和民生救助核对，需说明用途"),
+                "monthly",
+                vec!["id_number"],
                 vec![
                     col("id_number", "string", false, "公民身份号码", "personal", Some("id_card")),
                     col("monthly_amount", "decimal(10,2)", false, "月领取金额（元）", "personal", None),
@@ -150,7 +188,14 @@ impl Kind {
                 "60周岁以上人员的养老金领取记录。",
             ),
             Kind::Licences => (
-                "营业执照证照信息", "1-02-002-0001", "department", "证照", "unconditional", None, "daily", vec!["licence_no"],
+                "营业执照证照信息",
+                "1-02-002-0001",
+                "department",
+                "证照",
+                "unconditional",
+                None,
+                "daily",
+                vec!["licence_no"],
                 vec![
                     col("licence_no", "string", false, "执照编号", "public", None),
                     col("credit_code", "string", false, "统一社会信用代码", "public", Some("credit_code")),
@@ -321,7 +366,12 @@ fn batch(kind: Kind, p: &Params, start: u64, len: usize, schema: &SchemaRef) -> 
                 s[2].append_value(if seq % 2 == 1 { "男" } else { "女" });
                 d[0].append_value(epoch_days(born));
                 s[3].append_value(COUNTIES[county].0);
-                s[4].append_value(format!("广东省梅州市{}{}{}号", COUNTIES[county].1, rng.pick(STREETS), 1 + rng.below(300)));
+                s[4].append_value(format!(
+                    "广东省梅州市{}{}{}号",
+                    COUNTIES[county].1,
+                    rng.pick(STREETS),
+                    1 + rng.below(300)
+                ));
                 if rng.below(20) == 0 {
                     s[5].append_null();
                 } else {
@@ -333,10 +383,19 @@ fn batch(kind: Kind, p: &Params, start: u64, len: usize, schema: &SchemaRef) -> 
                 let code = enterprise_code(p.seed, i);
                 let county = &code[2..8];
                 s[0].append_value(&code);
-                s[1].append_value(format!("梅州市{}{}{}有限公司", rng.pick(WORDS), rng.pick(WORDS), rng.pick(INDUSTRIES).trim_end_matches('业')));
+                s[1].append_value(format!(
+                    "梅州市{}{}{}有限公司",
+                    rng.pick(WORDS),
+                    rng.pick(WORDS),
+                    rng.pick(INDUSTRIES).trim_end_matches('业')
+                ));
                 s[2].append_value(person_id(p.seed, adult(&mut rng, p)));
                 money.append_value(i128::from(10 + rng.below(500_000)) * 100);
-                d[0].append_value(epoch_days(date_between(&mut rng, NaiveDate::from_ymd_opt(1990, 1, 1).unwrap_or_default(), 13_000)));
+                d[0].append_value(epoch_days(date_between(
+                    &mut rng,
+                    NaiveDate::from_ymd_opt(1990, 1, 1).unwrap_or_default(),
+                    13_000,
+                )));
                 s[3].append_value(match rng.below(20) {
                     0 => "注销",
                     1 => "吊销",
@@ -349,8 +408,13 @@ fn batch(kind: Kind, p: &Params, start: u64, len: usize, schema: &SchemaRef) -> 
                 let mut rng = Rng::at(p.seed, kind.tag(), i);
                 let (_, born, _) = person(p.seed, i);
                 s[0].append_value(person_id(p.seed, i));
-                s[1].append_value(if rng.below(3) == 0 { "城乡居民基本养老保险" } else { "城镇职工基本养老保险" });
-                let from = (born + chrono::Days::new(16 * 365)).max(NaiveDate::from_ymd_opt(1995, 1, 1).unwrap_or_default());
+                s[1].append_value(if rng.below(3) == 0 {
+                    "城乡居民基本养老保险"
+                } else {
+                    "城镇职工基本养老保险"
+                });
+                let from =
+                    (born + chrono::Days::new(16 * 365)).max(NaiveDate::from_ymd_opt(1995, 1, 1).unwrap_or_default());
                 let span = (p.today - from).num_days().max(1) as u64;
                 d[0].append_value(epoch_days(date_between(&mut rng, from, span)));
                 s[2].append_value(match rng.below(10) {
@@ -366,7 +430,9 @@ fn batch(kind: Kind, p: &Params, start: u64, len: usize, schema: &SchemaRef) -> 
             }
             Kind::Pensions => {
                 if i >= p.people.max(1) * 4 {
-                    return Err(Error::Config { message: "not enough people aged 60 or over for that many pension records".into() });
+                    return Err(Error::Config {
+                        message: "not enough people aged 60 or over for that many pension records".into(),
+                    });
                 }
                 let (_, born, _) = person(p.seed, i % p.people.max(1));
                 let sixty = born.with_year(born.year() + 60).unwrap_or(born + chrono::Days::new(60 * 365));
@@ -450,12 +516,21 @@ pub enum OutputFormat {
 }
 
 /// Writes `rows` rows of `kind` to `out`, reporting progress.
-pub fn generate(kind: Kind, rows: u64, p: &Params, format: OutputFormat, out: &Path, progress: &mut dyn FnMut(u64)) -> Result<u64> {
+pub fn generate(
+    kind: Kind,
+    rows: u64,
+    p: &Params,
+    format: OutputFormat,
+    out: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
     if matches!(kind, Kind::SocialInsurance | Kind::Pensions) && rows > p.people {
         return Err(Error::Config { message: format!("--rows must not exceed --people ({}) for {kind:?}", p.people) });
     }
     if kind == Kind::Licences && rows > p.enterprises.max(1) && p.enterprises > 0 {
-        return Err(Error::Config { message: format!("--rows must not exceed --enterprises ({}) for licences", p.enterprises) });
+        return Err(Error::Config {
+            message: format!("--rows must not exceed --enterprises ({}) for licences", p.enterprises),
+        });
     }
     if rows > MAX_PEOPLE {
         return Err(Error::Config { message: format!("at most {MAX_PEOPLE} rows") });
@@ -513,7 +588,12 @@ mod tests {
     use super::*;
 
     fn params() -> Params {
-        Params { seed: 42, people: 5_000, enterprises: 500, today: NaiveDate::from_ymd_opt(2026, 11, 27).expect("date") }
+        Params {
+            seed: 42,
+            people: 5_000,
+            enterprises: 500,
+            today: NaiveDate::from_ymd_opt(2026, 11, 27).expect("date"),
+        }
     }
 
     #[test]
@@ -552,7 +632,11 @@ mod tests {
             assert_eq!(staged.rows_valid, 300);
             let again = dir.path().join("again.csv");
             generate(kind, 300, &params(), OutputFormat::Csv, &again, &mut |_| {}).expect("generates");
-            assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&again).expect("read"), "{kind:?} is deterministic");
+            assert_eq!(
+                std::fs::read(&out).expect("read"),
+                std::fs::read(&again).expect("read"),
+                "{kind:?} is deterministic"
+            );
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod datagen;
+pub mod demo;
 pub mod error;
 pub mod ingest;
 pub mod secret;

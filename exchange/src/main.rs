@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Run a demo city: departments, principals, catalogued synthetic datasets, and a quickstart.
+    Demo(gdx_exchange::demo::DemoArgs),
     /// Show who the token belongs to.
     Me,
     /// Departments.
@@ -321,13 +323,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             app.run_until_signal().await?;
         }
+        Command::Demo(args) => {
+            init_logging(LogFormat::Text);
+            gdx_exchange::demo::run(args).await?;
+        }
         Command::Me => {
             let v = client()?.get("/api/v1/me", &[]).await?;
             if json {
                 print_object(&v, true);
             } else {
                 let p = &v["principal"];
-                println!(
+                gdx_exchange::out!(
                     "principal:  {} ({}, {})",
                     p["id"].as_str().unwrap_or("?"),
                     p["name"].as_str().unwrap_or(""),
@@ -335,12 +341,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 let dep = &v["department"];
                 match dep["id"].as_str() {
-                    Some(id) => println!("department: {id} ({})", dep["name"].as_str().unwrap_or("")),
-                    None => println!("department: (none)"),
+                    Some(id) => gdx_exchange::out!("department: {id} ({})", dep["name"].as_str().unwrap_or("")),
+                    None => gdx_exchange::out!("department: (none)"),
                 }
                 let roles: Vec<&str> =
                     v["roles"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                println!("roles:      {}", roles.join(", "));
+                gdx_exchange::out!("roles:      {}", roles.join(", "));
             }
         }
         Command::Department(DepartmentCmd::Add { id, name, org_code, region, parent }) => {
@@ -368,8 +374,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_object(&v, true);
             } else {
-                println!("principal {} created", v["id"].as_str().unwrap_or("?"));
-                println!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
+                gdx_exchange::out!("principal {} created", v["id"].as_str().unwrap_or("?"));
+                gdx_exchange::out!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
             }
         }
         Command::Principal(PrincipalCmd::List { department }) => {
@@ -413,14 +419,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_object(&v, true);
             } else {
-                println!("token {} issued to {}", v["id"].as_str().unwrap_or("?"), principal);
-                println!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
+                gdx_exchange::out!("token {} issued to {}", v["id"].as_str().unwrap_or("?"), principal);
+                gdx_exchange::out!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
             }
         }
         Command::Token(TokenCmd::Revoke { id }) => {
             client()?.call(reqwest::Method::DELETE, &format!("/api/v1/tokens/{}", enc(&id)), &[], None).await?;
             if !json {
-                println!("token {id} revoked");
+                gdx_exchange::out!("token {id} revoked");
             }
         }
         Command::Dataset(DatasetCmd::Register { file }) => {
@@ -429,7 +435,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_object(&v, true);
             } else {
-                println!("dataset {} registered", v["id"].as_str().unwrap_or("?"));
+                gdx_exchange::out!("dataset {} registered", v["id"].as_str().unwrap_or("?"));
             }
         }
         Command::Dataset(DatasetCmd::List { filters }) => {
@@ -479,7 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 print_object(&v, true);
             } else {
-                println!(
+                gdx_exchange::out!(
                     "{dataset} version {} committed: {} rows written ({}), {} rows in all{}",
                     v["version"],
                     v["rows_written"],
@@ -505,13 +511,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("gdx datagen: {done}/{rows} rows ({rate:.0} rows/s, ETA {eta:.0}s)");
                 }
             })?;
-            eprintln!("gdx datagen: wrote {n} {} rows to {} in {:.1}s", kind.dataset_name(), out.display(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "gdx datagen: wrote {n} {} rows to {} in {:.1}s",
+                kind.dataset_name(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Backup { data_dir, out } => {
             let manifest = gdx_exchange::backup::backup(&data_dir, &out, &mut |m| eprintln!("gdx backup: {m}"))
                 .with_context(|| format!("backing up {}", data_dir.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&manifest)?);
+                gdx_exchange::out!("{}", serde_json::to_string_pretty(&manifest)?);
             }
         }
         Command::Restore { data_dir, from, force } => {
