@@ -341,6 +341,58 @@ impl Lake {
     }
 }
 
+/// What one maintenance run did to a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Maintenance {
+    /// Small files rewritten into larger ones.
+    pub files_compacted: u64,
+    /// Files the compaction wrote.
+    pub files_written: u64,
+    /// Files no retained version needs any more, deleted.
+    pub files_deleted: u64,
+}
+
+impl Lake {
+    /// Compacts small files (`optimize`) and deletes files that no version
+    /// within `retention` needs, nor any version at all (`vacuum`, including
+    /// files left by interrupted pushes). Callers hold [`Lake::write_lock`].
+    /// Versions older than the retention can no longer be read afterwards.
+    #[tracing::instrument(skip_all, fields(dataset = %dataset.id))]
+    pub async fn maintain(
+        &self,
+        dataset: &Dataset,
+        optimize: bool,
+        vacuum: Option<std::time::Duration>,
+    ) -> Result<Maintenance, LakeError> {
+        let id = dataset.id.as_str();
+        let mut out = Maintenance::default();
+        let Some(mut table) = self.open(dataset).await? else { return Ok(out) };
+        if optimize {
+            let (t, metrics) = table
+                .optimize()
+                .with_writer_properties(writer_properties(dataset))
+                .with_max_concurrent_tasks(1)
+                .await
+                .map_err(delta(id))?;
+            out.files_compacted = metrics.num_files_removed;
+            out.files_written = metrics.num_files_added;
+            table = t;
+        }
+        if let Some(retention) = vacuum {
+            let hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX);
+            let (_, metrics) = table
+                .vacuum()
+                .with_retention_period(chrono::Duration::hours(hours))
+                .with_enforce_retention_duration(false)
+                .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
+                .await
+                .map_err(delta(id))?;
+            out.files_deleted = metrics.files_deleted.len() as u64;
+        }
+        Ok(out)
+    }
+}
+
 /// Rows of the table, and bytes of the files not in `before`.
 fn stats(table: &DeltaTable, before: &HashSet<String>, id: &str) -> Result<(i64, i64), LakeError> {
     let snapshot = table.snapshot().map_err(delta(id))?;

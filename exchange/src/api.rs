@@ -37,7 +37,7 @@ use error::ApiError;
         principals::create, principals::list, principals::get, principals::update,
         principals::create_token, principals::list_tokens, principals::revoke_token,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
-        versions::push, versions::rejects,
+        versions::push, versions::rejects, versions::maintain,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}", get(datasets::get).patch(datasets::update))
         .route("/api/v1/datasets/{id}/versions", get(datasets::versions).post(versions::push))
         .route("/api/v1/datasets/{id}/versions/{v}/rejects", get(versions::rejects))
+        .route("/api/v1/datasets/{id}/maintenance", post(versions::maintain))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

@@ -47,6 +47,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest upload a push accepts, in bytes.
     pub max_push_bytes: u64,
+    /// Hours between scheduled lake maintenance runs (compaction and vacuum); 0 turns it off.
+    pub maintenance_interval_hours: u64,
+    /// Hours of history vacuum keeps: versions older than this can no longer be read.
+    pub vacuum_retention_hours: u64,
     /// A casbin route model replacing the shipped `policies/route_model.conf`.
     pub route_model: Option<PathBuf>,
     /// A route policy replacing the shipped `policies/route_policy.csv`.
@@ -67,6 +71,8 @@ impl Default for Config {
             secret_key_file: None,
             log_format: LogFormat::Text,
             max_push_bytes: 16 * 1024 * 1024 * 1024,
+            maintenance_interval_hours: 24,
+            vacuum_retention_hours: 7 * 24,
             route_model: None,
             route_policy: None,
         }
@@ -109,6 +115,12 @@ pub struct ServeArgs {
     /// Largest upload a push accepts, in bytes [default: 16 GiB].
     #[arg(long, env = "GDX_MAX_PUSH_BYTES")]
     pub max_push_bytes: Option<u64>,
+    /// Hours between lake maintenance runs; 0 turns them off [default: 24].
+    #[arg(long, env = "GDX_MAINTENANCE_INTERVAL_HOURS")]
+    pub maintenance_interval_hours: Option<u64>,
+    /// Hours of version history vacuum keeps [default: 168].
+    #[arg(long, env = "GDX_VACUUM_RETENTION_HOURS")]
+    pub vacuum_retention_hours: Option<u64>,
 }
 
 impl Config {
@@ -156,6 +168,12 @@ impl Config {
         }
         if let Some(v) = args.max_push_bytes {
             c.max_push_bytes = v;
+        }
+        if let Some(v) = args.maintenance_interval_hours {
+            c.maintenance_interval_hours = v;
+        }
+        if let Some(v) = args.vacuum_retention_hours {
+            c.vacuum_retention_hours = v;
         }
         if c.secret_key_file.is_none() {
             c.secret_key_file = Some(crate::secret::default_path(args.config.as_deref(), &c.data_dir));

@@ -56,6 +56,48 @@ pub async fn catch_up(catalog: &Catalog, lake: &Lake) -> Result<usize> {
     Ok(recovered)
 }
 
+/// Compacts and vacuums every dataset's table once, each under its write lock.
+pub async fn maintain_all(catalog: &Catalog, lake: &Lake, retention: std::time::Duration) -> Result<()> {
+    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+    loop {
+        let datasets = catalog.store().search_datasets(DatasetQuery::default(), page.clone()).await?;
+        for d in &datasets.items {
+            let lock = lake.write_lock(&d.id);
+            let _guard = lock.lock().await;
+            match lake.maintain(d, true, Some(retention)).await {
+                Ok(m) if m != Default::default() => {
+                    tracing::info!(dataset = %d.id, compacted = m.files_compacted, written = m.files_written, deleted = m.files_deleted, "lake maintenance")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(dataset = %d.id, error = %e, "lake maintenance failed"),
+            }
+        }
+        match datasets.next_page_token {
+            Some(t) => page.token = Some(t),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Runs [`maintain_all`] every `interval`, from one interval after start.
+pub fn schedule_maintenance(
+    catalog: Catalog,
+    lake: std::sync::Arc<Lake>,
+    interval: std::time::Duration,
+    retention: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = maintain_all(&catalog, &lake, retention).await {
+                tracing::error!(error = %e, "lake maintenance run failed");
+            }
+        }
+    })
+}
+
 /// Removes what interrupted uploads left in the temporary folder.
 pub fn clean_tmp(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {

@@ -217,6 +217,20 @@ enum DatasetCmd {
         /// `{department}.{name}`.
         id: String,
     },
+    /// Compact small files and delete files no retained version needs (its steward, or an admin).
+    Maintain {
+        /// `{department}.{name}`.
+        id: String,
+        /// Skip compaction.
+        #[arg(long)]
+        no_optimize: bool,
+        /// Skip vacuum.
+        #[arg(long)]
+        no_vacuum: bool,
+        /// Hours of history vacuum keeps (default: the server's setting).
+        #[arg(long)]
+        retention_hours: Option<u64>,
+    },
     /// The committed versions of a dataset, newest first.
     Versions {
         /// `{department}.{name}`.
@@ -450,6 +464,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             q.push(("q", query));
             let v = client()?.get("/api/v1/datasets", &q).await?;
             print_list(&v, DATASET_COLUMNS, json);
+        }
+        Command::Dataset(DatasetCmd::Maintain { id, no_optimize, no_vacuum, retention_hours }) => {
+            let body = json!({"optimize": !no_optimize, "vacuum": !no_vacuum, "retention_hours": retention_hours});
+            let v = client()?.post(&format!("/api/v1/datasets/{}/maintenance", enc(&id)), &body).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                gdx_exchange::out!(
+                    "{id}: {} files compacted into {}, {} files deleted",
+                    v["files_compacted"],
+                    v["files_written"],
+                    v["files_deleted"]
+                );
+            }
         }
         Command::Dataset(DatasetCmd::Versions { id }) => {
             let v = client()?.get(&format!("/api/v1/datasets/{}/versions", enc(&id)), &[]).await?;

@@ -28,6 +28,7 @@ pub struct App {
     admin_token_file: Option<PathBuf>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    maintenance: Option<JoinHandle<()>>,
     _lock: std::fs::File,
 }
 
@@ -121,6 +122,14 @@ impl App {
                 RouteAuthorizer::from_files(&model, &policy).await?
             }
         };
+        let maintenance = (config.maintenance_interval_hours > 0).then(|| {
+            crate::ingest::schedule_maintenance(
+                catalog.clone(),
+                lake.clone(),
+                std::time::Duration::from_secs(config.maintenance_interval_hours * 3600),
+                std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
+            )
+        });
         let state = AppState {
             catalog,
             lake,
@@ -143,7 +152,7 @@ impl App {
                 .await
         });
         tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
-        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, _lock: lock })
+        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, _lock: lock })
     }
 
     /// The bound address.
@@ -165,6 +174,9 @@ impl App {
     pub async fn stop(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(m) = self.maintenance.take() {
+            m.abort();
         }
         match (&mut self.task).await {
             Ok(Ok(())) => Ok(()),

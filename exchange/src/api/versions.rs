@@ -273,3 +273,41 @@ pub async fn rejects(
     .map_err(|e| ApiError::internal(&e))?;
     Ok(axum::Json(page.page(items)?))
 }
+
+/// What a maintenance request asks for.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// Compact small files (default true).
+    pub optimize: Option<bool>,
+    /// Delete files no retained version needs (default true).
+    pub vacuum: Option<bool>,
+    /// Hours of history to keep (default: the server's `vacuum_retention_hours`).
+    pub retention_hours: Option<u64>,
+}
+
+/// Compacts and vacuums a dataset's table now (its steward, or an admin).
+#[utoipa::path(post, operation_id = "maintain_dataset", path = "/api/v1/datasets/{id}/maintenance", tag = "ingest",
+    params(("id" = String, Path)), request_body = MaintenanceRequest,
+    responses(
+        (status = 200, description = "Done", body = gdx_catalog::lake::Maintenance),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn maintain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    super::extract::Json(req): super::extract::Json<MaintenanceRequest>,
+) -> ApiResult<axum::Json<gdx_catalog::lake::Maintenance>> {
+    let dataset = state.catalog.store().dataset(&id).await?;
+    let hours = req.retention_hours.unwrap_or(state.config.vacuum_retention_hours);
+    let vacuum = req.vacuum.unwrap_or(true).then(|| std::time::Duration::from_secs(hours.saturating_mul(3600)));
+    let lock = state.lake.write_lock(&id);
+    let _guard = lock.lock().await;
+    let m = state
+        .lake
+        .maintain(&dataset, req.optimize.unwrap_or(true), vacuum)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    tracing::info!(dataset = %id, compacted = m.files_compacted, deleted = m.files_deleted, "maintenance by request");
+    Ok(axum::Json(m))
+}

@@ -358,3 +358,36 @@ async fn after_a_crash_the_catalogue_catches_up_with_the_delta_log() {
     let (_, v) = s.upload(PATH, &st, "text/csv", body, &[]).await;
     assert_eq!(v["version"], 3, "{v}");
 }
+
+#[tokio::test]
+async fn maintenance_compacts_and_vacuums_without_new_versions() {
+    let s = TestServer::start().await;
+    let (st, d) = setup(&s).await;
+    for i in 0..3u32 {
+        let body = csv(&[(&id_number("441402", "19800101", i), "张三", "1980-01-01", "441402", "")]);
+        assert_eq!(s.upload(PATH, &st, "text/csv", body, &[]).await.0, StatusCode::CREATED);
+    }
+    let before = versions(&s, "gongan.population", &st).await;
+    let latest = before[0]["delta_version"].as_u64().expect("delta version");
+    let rows = lake_rows(&s.data_dir(), &d, latest).await;
+    let analyst = s.principal("an", "gongan", &["analyst"]).await;
+    let path = "/api/v1/datasets/gongan.population/maintenance";
+    assert_eq!(s.post(path, &analyst, serde_json::json!({})).await.0, StatusCode::FORBIDDEN);
+    let (code, m) = s.post(path, &st, serde_json::json!({"retention_hours": 0})).await;
+    assert_eq!(code, StatusCode::OK, "{m}");
+    assert_eq!(m["files_compacted"], 3, "{m}");
+    assert_eq!(m["files_written"], 1, "{m}");
+    assert!(m["files_deleted"].as_u64().is_some_and(|n| n >= 3), "{m}");
+    // No new GDX version; the data is unchanged; the next push continues the numbering.
+    let after = versions(&s, "gongan.population", &st).await;
+    assert_eq!(after.len(), before.len());
+    let lake = gdx_catalog::lake::Lake::new(s.data_dir().join("lake"));
+    let dataset: gdx_catalog::Dataset = serde_json::from_value(d.clone()).expect("dataset");
+    let table = lake.open(&dataset).await.expect("open").expect("table");
+    let now = table.version().expect("version");
+    assert!(now > latest);
+    assert_eq!(lake_rows(&s.data_dir(), &d, now).await, rows);
+    let body = csv(&[(&id_number("441403", "19900101", 9), "李四", "1990-01-01", "441403", "")]);
+    let (_, v) = s.upload(PATH, &st, "text/csv", body, &[]).await;
+    assert_eq!((v["version"].as_i64(), v["row_count"].as_i64()), (Some(4), Some(4)), "{v}");
+}
