@@ -12,11 +12,16 @@
 //! on the primary-key columns; any Delta reader can open the tables.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionContext;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
@@ -132,8 +137,13 @@ pub struct Committed {
 }
 
 const INFO_KEY: &str = "gdx.push";
+/// Size at which a data file is closed: the writer holds a file's bytes until
+/// it is stored, so this bounds a push's memory as much as the row groups do.
+const TARGET_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// Memory a commit may use before spilling to disk.
-const MEMORY_POOL_BYTES: usize = 256 * 1024 * 1024;
+const MEMORY_POOL_BYTES: usize = 512 * 1024 * 1024;
 
 /// The lake under one folder.
 #[derive(Debug)]
@@ -160,6 +170,9 @@ fn engine(dataset: &str) -> impl FnOnce(datafusion::error::DataFusionError) -> L
 pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        // Row groups are buffered whole while written: this bounds a writer's memory.
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_max_row_group_bytes(Some(64 * 1024 * 1024))
         .set_statistics_enabled(EnabledStatistics::Page);
     for k in &dataset.primary_key {
         b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
@@ -221,13 +234,17 @@ impl Lake {
             None => HashSet::new(),
         };
         // Delta's own planner, and a memory pool that spills (a merge may sort).
-        let state = deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
+        let mut state =
+            deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
+        // An upsert joins the upload with the table: a sort-merge join spills
+        // to disk where a hash join would need the whole upload in memory.
+        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
         let ctx = SessionContext::new_with_state(state.clone());
         let staged_path = staged.to_str().ok_or_else(|| LakeError::Io {
             path: staged.to_path_buf(),
             source: std::io::Error::other("staging path is not UTF-8"),
         })?;
-        let source = ctx.read_arrow(staged_path, ArrowReadOptions::default()).await.map_err(engine(id))?;
+        let source = ctx.read_table(Arc::new(StagedTable::open(staged_path)?.table()?)).map_err(engine(id))?;
         let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
         let source = source.select_columns(&names).map_err(engine(id))?;
         let metadata =
@@ -283,6 +300,9 @@ impl Lake {
                     .with_schema_mode(SchemaMode::Merge)
                     .with_table_name(&dataset.name)
                     .with_writer_properties(writer_properties(dataset))
+                    .with_target_file_size(NonZeroU64::new(TARGET_FILE_BYTES))
+                    // Merges and compaction read the target size from the table.
+                    .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
                     .with_commit_properties(props)
                     .await
                     .map_err(delta(id))?
@@ -390,6 +410,66 @@ impl Lake {
             out.files_deleted = metrics.files_deleted.len() as u64;
         }
         Ok(out)
+    }
+}
+
+/// A staged Arrow IPC file as a one-partition streaming table: batches are
+/// read on a blocking thread and handed over through a channel of two, so a
+/// commit holds a couple of batches of the upload, never the file.
+#[derive(Debug)]
+struct StagedTable {
+    path: PathBuf,
+    schema: arrow::datatypes::SchemaRef,
+}
+
+impl StagedTable {
+    fn open(path: &str) -> Result<Self, LakeError> {
+        let path = PathBuf::from(path);
+        let io = |source| LakeError::Io { path: path.clone(), source };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)
+            .map_err(|e| io(std::io::Error::other(e)))?;
+        let schema = reader.schema();
+        Ok(Self { path, schema })
+    }
+
+    fn table(self) -> Result<StreamingTable, LakeError> {
+        let schema = self.schema.clone();
+        StreamingTable::try_new(schema, vec![Arc::new(self)])
+            .map_err(|e| LakeError::Engine { dataset: String::new(), source: Box::new(e) })
+    }
+}
+
+impl PartitionStream for StagedTable {
+    fn schema(&self) -> &arrow::datatypes::SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel::<datafusion::error::Result<arrow::array::RecordBatch>>(2);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = std::fs::File::open(&path)
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+                .and_then(|f| {
+                    arrow::ipc::reader::FileReader::try_new(std::io::BufReader::with_capacity(1 << 20, f), None)
+                        .map_err(datafusion::error::DataFusionError::from)
+                });
+            match reader {
+                Ok(reader) => {
+                    for batch in reader {
+                        if tx.blocking_send(batch.map_err(datafusion::error::DataFusionError::from)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
 

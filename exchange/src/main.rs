@@ -85,8 +85,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "csv")]
         format: gdx_exchange::datagen::OutputFormat,
         /// Output file.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "definition")]
+        out: Option<PathBuf>,
+        /// Print the kind's catalogue entry for this department (for `gdx dataset register`) instead of data.
+        #[arg(long, value_name = "DEPARTMENT")]
+        definition: Option<String>,
     },
     /// Back up a data directory (also while the server runs).
     Backup {
@@ -526,8 +529,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Datagen { kind, rows, seed, people, enterprises, format, out } => {
+        Command::Datagen { kind, definition: Some(department), .. } => {
+            gdx_exchange::out!("{}", serde_json::to_string_pretty(&kind.definition(&department))?);
+        }
+        Command::Datagen { kind, rows, seed, people, enterprises, format, out, definition: None } => {
             use gdx_exchange::datagen;
+            let out = out.context("--out is required")?;
             let params = datagen::Params { seed, people, enterprises, today: gdx_catalog::catalog::today_shanghai() };
             let started = std::time::Instant::now();
             let mut last = std::time::Instant::now();
