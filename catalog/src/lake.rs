@@ -155,9 +155,12 @@ pub struct Lake {
 fn delta(dataset: &str) -> impl FnOnce(DeltaTableError) -> LakeError + '_ {
     move |e| match e {
         DeltaTableError::VersionAlreadyExists(_) => LakeError::Conflict { dataset: dataset.to_string() },
-        DeltaTableError::Transaction { .. } if e.to_string().contains("conflict") => {
-            LakeError::Conflict { dataset: dataset.to_string() }
-        }
+        DeltaTableError::Transaction {
+            source:
+                deltalake::kernel::transaction::TransactionError::CommitConflict(_)
+                | deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)
+                | deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(_),
+        } => LakeError::Conflict { dataset: dataset.to_string() },
         other => LakeError::Delta { dataset: dataset.to_string(), source: Box::new(other) },
     }
 }
