@@ -51,6 +51,12 @@ pub enum LakeError {
         /// The dataset.
         dataset: String,
     },
+    /// The commit needed more memory than its pool allows (an upsert too large to join).
+    #[error("dataset {dataset}: the push needs more memory than the server gives one commit")]
+    ResourcesExhausted {
+        /// The dataset.
+        dataset: String,
+    },
     /// Query engine failure while reading staged or stored data.
     #[error("dataset {dataset}: {source}")]
     Engine {
@@ -161,6 +167,12 @@ fn delta(dataset: &str) -> impl FnOnce(DeltaTableError) -> LakeError + '_ {
                 | deltalake::kernel::transaction::TransactionError::VersionAlreadyExists(_)
                 | deltalake::kernel::transaction::TransactionError::MaxCommitAttempts(_),
         } => LakeError::Conflict { dataset: dataset.to_string() },
+        // DataFusion's memory errors reach us wrapped as text.
+        other
+            if other.to_string().contains("Resources exhausted") || other.to_string().contains("Not enough memory") =>
+        {
+            LakeError::ResourcesExhausted { dataset: dataset.to_string() }
+        }
         other => LakeError::Delta { dataset: dataset.to_string(), source: Box::new(other) },
     }
 }
@@ -267,6 +279,9 @@ impl Lake {
                     .with_source_alias("source")
                     .with_target_alias("target")
                     .with_merge_schema(true)
+                    // The staged upload is read once, as a stream; file skipping is
+                    // collected while the join reads it instead of by a first pass.
+                    .with_streaming(true)
                     .with_session_state(state)
                     .with_writer_properties(writer_properties(dataset))
                     .with_commit_properties(props)

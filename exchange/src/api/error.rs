@@ -39,6 +39,7 @@ codes! {
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable");
+    RESOURCES_EXHAUSTED = ("resources_exhausted", SERVICE_UNAVAILABLE, "Not enough resources for this request");
     INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal error");
 }
 

@@ -211,6 +211,11 @@ pub async fn push(
     };
     let committed = state.lake.commit(&current, &staged.file, info).await.map_err(|e| match e {
         LakeError::Conflict { .. } => ApiError::new(error::CONFLICT, e.to_string()),
+        LakeError::ResourcesExhausted { .. } => ApiError::new(
+            error::RESOURCES_EXHAUSTED,
+            "the upsert is too large to merge within the server's memory for one commit; nothing was committed: \
+             push it in smaller files, or use mode=replace",
+        ),
         other => ApiError::internal(&other),
     })?;
     if let Some(rejects) = staged.rejects {

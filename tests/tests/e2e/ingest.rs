@@ -400,11 +400,16 @@ async fn a_column_added_to_the_catalogue_joins_the_table_at_the_next_push() {
     let body = csv(&[(&a, "张三", "1980-01-01", "441402", "")]);
     assert_eq!(s.upload(PATH, &st, "text/csv", body, &[]).await.0, StatusCode::CREATED);
     let mut columns = d["columns"].clone();
-    columns.as_array_mut().expect("columns").push(serde_json::json!({"name": "phone", "type": "string", "semantic": "phone"}));
+    columns
+        .as_array_mut()
+        .expect("columns")
+        .push(serde_json::json!({"name": "phone", "type": "string", "semantic": "phone"}));
     let (code, d2) = s.patch("/api/v1/datasets/gongan.population", &st, serde_json::json!({"columns": columns})).await;
     assert_eq!(code, StatusCode::OK, "{d2}");
     let b = id_number("441403", "19900101", 2);
-    let body = format!("id_number,name,birth_date,county_code,phone\n{b},李四,1990-01-01,441403,13812345678\n{a},张三,1980-01-01,441402,12345\n");
+    let body = format!(
+        "id_number,name,birth_date,county_code,phone\n{b},李四,1990-01-01,441403,13812345678\n{a},张三,1980-01-01,441402,12345\n"
+    );
     let (code, p) = s.upload(PATH, &st, "text/csv", body.clone().into_bytes(), &[]).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!((p["errors"][0]["row"].as_u64(), p["errors"][0]["column"].as_str()), (Some(2), Some("phone")), "{p}");
@@ -412,5 +417,11 @@ async fn a_column_added_to_the_catalogue_joins_the_table_at_the_next_push() {
     let (code, v) = s.upload(&format!("{PATH}?mode=upsert"), &st, "text/csv", good.into_bytes(), &[]).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let rows = lake_rows(&s.data_dir(), &d2, v["delta_version"].as_u64().expect("delta version")).await;
-    assert_eq!(rows, vec![format!("{a}|张三|1980-01-01|441402|∅|+86 139-1234-5678"), format!("{b}|李四|1990-01-01|441403|∅|13812345678")]);
+    assert_eq!(
+        rows,
+        vec![
+            format!("{a}|张三|1980-01-01|441402|∅|+86 139-1234-5678"),
+            format!("{b}|李四|1990-01-01|441403|∅|13812345678")
+        ]
+    );
 }
