@@ -180,7 +180,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     env.push_str("export GDX_TOKEN=$GDX_TOKEN_ADMIN\n");
     write_private(&args.data_dir.join(ENV_FILE), &env)?;
-    crate::out!("{}", quickstart(&url, &args.data_dir, &tokens));
+    let shown = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+    crate::out!("{}", quickstart(&url, &shown, &tokens));
     app.run_until_signal().await?;
     Ok(())
 }
