@@ -244,8 +244,8 @@ impl Lake {
     pub async fn commit(&self, dataset: &Dataset, staged: &Path, info: PushInfo) -> Result<Committed, LakeError> {
         let id = dataset.id.as_str();
         let current = self.open(dataset).await?;
-        let before: HashSet<String> = match &current {
-            Some(t) => t.snapshot().map_err(delta(id))?.log_data().iter().map(|f| f.path().to_string()).collect(),
+        let before = match &current {
+            Some(t) => file_set(t, id)?,
             None => HashSet::new(),
         };
         // Delta's own planner, and a memory pool that spills (a merge may sort).
@@ -349,12 +349,7 @@ impl Lake {
             let Some(raw) = commit.info.get(INFO_KEY) else { continue };
             let Ok(info) = serde_json::from_value::<PushInfo>(raw.clone()) else { continue };
             let at = self.open_version(dataset, v).await?;
-            let before: HashSet<String> = if v > 0 {
-                let prev = self.open_version(dataset, v - 1).await?;
-                prev.snapshot().map_err(delta(id))?.log_data().iter().map(|f| f.path().to_string()).collect()
-            } else {
-                HashSet::new()
-            };
+            let before = if v > 0 { file_set(&self.open_version(dataset, v - 1).await?, id)? } else { HashSet::new() };
             let (row_count, bytes) = stats(&at, &before, id)?;
             let committed_at =
                 commit.timestamp.and_then(chrono::DateTime::from_timestamp_millis).unwrap_or_else(chrono::Utc::now);
@@ -489,6 +484,11 @@ impl PartitionStream for StagedTable {
         let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
+}
+
+/// The data files of a table version.
+fn file_set(table: &DeltaTable, id: &str) -> Result<HashSet<String>, LakeError> {
+    Ok(table.snapshot().map_err(delta(id))?.log_data().iter().map(|f| f.path().to_string()).collect())
 }
 
 /// Rows of the table, and bytes of the files not in `before`.

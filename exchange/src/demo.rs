@@ -57,14 +57,7 @@ const TOKENS_FILE: &str = "demo-tokens.json";
 const ENV_FILE: &str = "demo.env";
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
+    crate::server::write_private_file(path, text, true).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Creates departments, principals and datasets and pushes the data; returns principal → token.

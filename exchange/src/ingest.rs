@@ -22,35 +22,41 @@ pub fn version_of(c: &Committed) -> Version {
     }
 }
 
+/// Every dataset of the catalogue, page by page.
+async fn all_datasets(catalog: &Catalog) -> Result<Vec<gdx_catalog::Dataset>> {
+    let mut out = Vec::new();
+    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+    loop {
+        let datasets = catalog.store().search_datasets(DatasetQuery::default(), page.clone()).await?;
+        out.extend(datasets.items);
+        match datasets.next_page_token {
+            Some(t) => page.token = Some(t),
+            None => return Ok(out),
+        }
+    }
+}
+
 /// Records every push the Delta log holds and the catalogue does not (a
 /// server stopped between the commit and the catalogue write). Idempotent.
 pub async fn catch_up(catalog: &Catalog, lake: &Lake) -> Result<usize> {
     let mut recovered = 0;
-    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
-    loop {
-        let datasets = catalog.store().search_datasets(DatasetQuery::default(), page.clone()).await?;
-        for d in &datasets.items {
-            if !lake.table_path(d).join("_delta_log").is_dir() {
+    for d in &all_datasets(catalog).await? {
+        if !lake.table_path(d).join("_delta_log").is_dir() {
+            continue;
+        }
+        let known = catalog.store().last_delta_version(&d.id).await?.map(|v| v as u64);
+        let commits = match lake.commits_after(d, known).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(dataset = %d.id, error = %e, "cannot read the Delta log; the catalogue may lag behind it");
                 continue;
             }
-            let known = catalog.store().last_delta_version(&d.id).await?.map(|v| v as u64);
-            let commits = match lake.commits_after(d, known).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(dataset = %d.id, error = %e, "cannot read the Delta log; the catalogue may lag behind it");
-                    continue;
-                }
-            };
-            for c in commits {
-                if catalog.store().record_version(&d.id, version_of(&c)).await? {
-                    tracing::warn!(dataset = %d.id, version = c.info.version, delta_version = c.delta_version, "recovered a version from the Delta log");
-                    recovered += 1;
-                }
+        };
+        for c in commits {
+            if catalog.store().record_version(&d.id, version_of(&c)).await? {
+                tracing::warn!(dataset = %d.id, version = c.info.version, delta_version = c.delta_version, "recovered a version from the Delta log");
+                recovered += 1;
             }
-        }
-        match datasets.next_page_token {
-            Some(t) => page.token = Some(t),
-            None => break,
         }
     }
     Ok(recovered)
@@ -58,25 +64,18 @@ pub async fn catch_up(catalog: &Catalog, lake: &Lake) -> Result<usize> {
 
 /// Compacts and vacuums every dataset's table once, each under its write lock.
 pub async fn maintain_all(catalog: &Catalog, lake: &Lake, retention: std::time::Duration) -> Result<()> {
-    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
-    loop {
-        let datasets = catalog.store().search_datasets(DatasetQuery::default(), page.clone()).await?;
-        for d in &datasets.items {
-            let lock = lake.write_lock(&d.id);
-            let _guard = lock.lock().await;
-            match lake.maintain(d, true, Some(retention)).await {
-                Ok(m) if m != Default::default() => {
-                    tracing::info!(dataset = %d.id, compacted = m.files_compacted, written = m.files_written, deleted = m.files_deleted, "lake maintenance")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(dataset = %d.id, error = %e, "lake maintenance failed"),
+    for d in &all_datasets(catalog).await? {
+        let lock = lake.write_lock(&d.id);
+        let _guard = lock.lock().await;
+        match lake.maintain(d, true, Some(retention)).await {
+            Ok(m) if m != Default::default() => {
+                tracing::info!(dataset = %d.id, compacted = m.files_compacted, written = m.files_written, deleted = m.files_deleted, "lake maintenance")
             }
-        }
-        match datasets.next_page_token {
-            Some(t) => page.token = Some(t),
-            None => return Ok(()),
+            Ok(_) => {}
+            Err(e) => tracing::error!(dataset = %d.id, error = %e, "lake maintenance failed"),
         }
     }
+    Ok(())
 }
 
 /// Runs [`maintain_all`] every `interval`, from one interval after start.

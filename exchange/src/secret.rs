@@ -5,7 +5,6 @@
 //! default `gdx-secret.key` beside the configuration file, or beside the data
 //! directory when there is none.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -61,14 +60,8 @@ pub fn load_or_create(path: &Path, data_dir: &Path) -> Result<PlatformSecret> {
     }
     if !path.exists() {
         let key: [u8; 32] = rand::random();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
-        let mut f = options.open(path).map_err(io)?;
-        f.write_all(format!("{}\n", hex::encode(key)).as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        crate::server::write_private_file(path, &format!("{}\n", hex::encode(key)), false)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         tracing::info!(file = %path.display(), "created the platform secret");
         return Ok(PlatformSecret(key));
     }

@@ -63,10 +63,16 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
     }
 }
 
-fn create_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes a file only its owner may read (mode 0600): a new one, or with
+/// `replace` over an existing one.
+pub fn write_private_file(path: &Path, contents: &str, replace: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    if replace {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.write(true).create_new(true);
+    }
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(path)?;
@@ -99,7 +105,7 @@ impl App {
                     (text.trim().to_string(), Some(path))
                 } else {
                     let secret = gdx_catalog::token::new_secret();
-                    create_private_file(&path, &format!("{secret}\n"))
+                    write_private_file(&path, &format!("{secret}\n"), false)
                         .map_err(|source| Error::Io { path: path.clone(), source })?;
                     tracing::info!(file = %path.display(), "created the administrator token");
                     (secret, Some(path))
