@@ -16,9 +16,30 @@ pub fn date(s: &str) -> Result<i32, String> {
     Ok(chrono::Datelike::num_days_from_ce(&d) - UNIX_EPOCH_DAYS_FROM_CE)
 }
 
+/// The value of ASCII digits, or `None`.
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+}
+
+/// `YYYYMMDD` as a date.
+fn compact_date(b: &[u8]) -> Option<NaiveDate> {
+    if b.len() != 8 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(&b[..4])? as i32, digits(&b[4..6])?, digits(&b[6..])?)
+}
+
 fn parse_date(s: &str) -> Option<NaiveDate> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
-        return NaiveDate::parse_from_str(s, "%Y%m%d").ok();
+    let b = s.as_bytes();
+    // The common forms without allocating: 20240102 and 2024-01-02.
+    if b.len() == 8 && b.iter().all(u8::is_ascii_digit) {
+        return compact_date(b);
+    }
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        return NaiveDate::from_ymd_opt(digits(&b[..4])? as i32, digits(&b[5..7])?, digits(&b[8..])?);
     }
     let s = s.replace(['年', '月'], "-").replace('日', "");
     let mut it = s.split(['-', '/', '.']);
@@ -122,58 +143,66 @@ pub fn id_card_check(body: &[u8]) -> Option<u8> {
 
 /// Checks an 18-character resident ID number (GB 11643): digits, a real birth
 /// date, and the check character. Returns it normalised (upper-case `X`).
-pub fn id_card(s: &str) -> Result<String, String> {
-    let v = s.trim().to_ascii_uppercase();
-    let b = v.as_bytes();
+pub fn id_card(s: &str) -> Result<Option<String>, String> {
+    let t = s.trim();
+    let b = t.as_bytes();
     if b.len() != 18 {
         return Err("a resident ID number has 18 characters".into());
     }
     let check = id_card_check(&b[..17]).ok_or("a resident ID number has 17 digits before its check character")?;
-    if NaiveDate::parse_from_str(&v[6..14], "%Y%m%d").is_err() {
+    if compact_date(&b[6..14]).is_none() {
         return Err("the birth date inside the resident ID number is not a real date".into());
     }
-    if b[17] != check {
+    if b[17].to_ascii_uppercase() != check {
         return Err("the resident ID number's check character is wrong (GB 11643)".into());
     }
-    Ok(v)
+    // `None`: the value is stored as given; only a lower-case x or spaces are normalised.
+    Ok((b[17] == b'x' || t.len() != s.len()).then(|| t.to_ascii_uppercase()))
 }
 
 /// Checks a unified social credit code (GB 32100); returns it upper-cased.
-pub fn credit_code(s: &str) -> Result<String, String> {
-    let v = s.trim().to_ascii_uppercase();
-    if v.len() != 18 {
+pub fn credit_code(s: &str) -> Result<Option<String>, String> {
+    let t = s.trim();
+    if t.len() != 18 {
         return Err("a unified social credit code has 18 characters".into());
     }
-    if !gdx_catalog::validate::is_credit_code(&v) {
+    let upper = t.bytes().any(|c| c.is_ascii_lowercase()).then(|| t.to_ascii_uppercase());
+    if !gdx_catalog::validate::is_credit_code(upper.as_deref().unwrap_or(t)) {
         return Err(
             "the unified social credit code's check character is wrong or it uses letters outside GB 32100".into()
         );
     }
-    Ok(v)
+    Ok(upper.or_else(|| (t.len() != s.len()).then(|| t.to_string())))
 }
 
 /// Checks the shape of a mainland mobile number: 11 digits starting 13–19,
 /// optionally after `+86` or `86`, with spaces or dashes between groups.
-pub fn phone(s: &str) -> Result<String, String> {
-    let compact: String = s.trim().chars().filter(|c| *c != ' ' && *c != '-').collect();
+pub fn phone(s: &str) -> Result<Option<String>, String> {
+    let t = s.trim();
+    let mobile =
+        |b: &[u8]| b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit);
+    if mobile(t.as_bytes()) {
+        return Ok((t.len() != s.len()).then(|| t.to_string()));
+    }
+    let compact: String = t.chars().filter(|c| *c != ' ' && *c != '-').collect();
     let digits = compact
         .strip_prefix("+86")
         .or_else(|| compact.strip_prefix("86").filter(|r| r.len() == 11))
         .unwrap_or(&compact);
-    let b = digits.as_bytes();
-    if b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit) {
-        Ok(s.trim().to_string())
+    if mobile(digits.as_bytes()) {
+        Ok((t.len() != s.len()).then(|| t.to_string()))
     } else {
         Err(format!("'{s}' is not a mainland mobile number"))
     }
 }
 
-/// Applies the check of `semantic` (if it has one) to a string value.
+/// Applies the check of `semantic` (if it has one) to a string value:
+/// `Ok(Some(v))` stores the normalised `v`, `Ok(None)` the value as given.
 pub fn semantic(semantic: Option<&str>, s: &str) -> Result<Option<String>, String> {
     match semantic {
-        Some("id_card") => id_card(s).map(Some),
-        Some("credit_code") => credit_code(s).map(Some),
-        Some("phone") => phone(s).map(Some),
+        Some("id_card") => id_card(s),
+        Some("credit_code") => credit_code(s),
+        Some("phone") => phone(s),
         _ => Ok(None),
     }
 }
@@ -216,7 +245,8 @@ mod tests {
     #[test]
     fn resident_id_numbers() {
         // 11010519491231002X is the standard's published example.
-        assert_eq!(id_card("11010519491231002x"), Ok("11010519491231002X".into()));
+        assert_eq!(id_card("11010519491231002x"), Ok(Some("11010519491231002X".into())));
+        assert_eq!(id_card("11010519491231002X"), Ok(None));
         assert!(id_card("110105194912310021").is_err());
         assert!(id_card("110105194913310028").is_err());
         assert!(id_card("1101051949123100").is_err());

@@ -428,56 +428,83 @@ pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOption
     let mut rejects = if opts.skip_invalid { Some(Rejects::new(&opts.temp_dir)?) } else { None };
     let (mut rows_read, mut rows_valid, mut rejected) = (0u64, 0u64, 0u64);
 
-    while let Some(d) = source.next()? {
-        rows_read += d.rows as u64;
-        let converted = convert(columns, &d.raw, d.rows)?;
-        let mut bad: Vec<Vec<(Option<String>, String)>> = vec![Vec::new(); d.rows];
-        for e in d.row_errors.into_iter().chain(converted.errors) {
-            let column = e.column.map(|c| columns[c].name.clone());
-            problems.push(RowError {
-                row: Some(d.first_row + e.index as u64),
-                column: column.clone(),
-                message: e.message.clone(),
-            });
-            bad[e.index].push((column, e.message));
-        }
-        let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(b.is_empty())).collect();
-        if let Some(rj) = rejects.as_mut() {
-            for (i, errs) in bad.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
-                let mut values = serde_json::Map::new();
-                for (c, r) in columns.iter().zip(&d.raw) {
-                    let v = match r {
-                        Raw::Strings(a) => display(a, i),
-                        Raw::Typed(a) => display(a.as_ref(), i),
-                        Raw::Missing => None,
-                    };
-                    values.insert(c.name.clone(), v.map(serde_json::Value::String).unwrap_or(serde_json::Value::Null));
+    // Decoding and checking overlap: one thread decodes the next batches while
+    // this one converts, checks and writes the current one.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Decoded>>(2);
+        scope.spawn(move || {
+            loop {
+                match source.next() {
+                    Ok(Some(d)) => {
+                        if tx.send(Ok(d)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
                 }
-                rj.write(d.first_row + i as u64, errs, values)?;
-                rejected += 1;
             }
+        });
+        for d in rx {
+            let d = d?;
+            rows_read += d.rows as u64;
+            let converted = convert(columns, &d.raw, d.rows)?;
+            let mut bad: Vec<Vec<(Option<String>, String)>> = vec![Vec::new(); d.rows];
+            for e in d.row_errors.into_iter().chain(converted.errors) {
+                let column = e.column.map(|c| columns[c].name.clone());
+                problems.push(RowError {
+                    row: Some(d.first_row + e.index as u64),
+                    column: column.clone(),
+                    message: e.message.clone(),
+                });
+                bad[e.index].push((column, e.message));
+            }
+            let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(b.is_empty())).collect();
+            if let Some(rj) = rejects.as_mut() {
+                for (i, errs) in bad.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
+                    let mut values = serde_json::Map::new();
+                    for (c, r) in columns.iter().zip(&d.raw) {
+                        let v = match r {
+                            Raw::Strings(a) => display(a, i),
+                            Raw::Typed(a) => display(a.as_ref(), i),
+                            Raw::Missing => None,
+                        };
+                        values.insert(
+                            c.name.clone(),
+                            v.map(serde_json::Value::String).unwrap_or(serde_json::Value::Null),
+                        );
+                    }
+                    rj.write(d.first_row + i as u64, errs, values)?;
+                    rejected += 1;
+                }
+            }
+            if !opts.skip_invalid && problems.count > 0 {
+                // Nothing will be committed: keep reading only to count every problem.
+                continue;
+            }
+            let row_numbers: ArrayRef =
+                Arc::new(UInt64Array::from_iter_values((0..d.rows as u64).map(|i| d.first_row + i)));
+            let mut arrays = converted.columns;
+            arrays.push(row_numbers);
+            let filtered = filter_record_batch(&RecordBatch::try_new(loose.clone(), arrays)?, &keep)?;
+            let batch = RecordBatch::try_new(schema.clone(), filtered.columns().to_vec())?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let key_rows =
+                converter.convert_columns(&pk.iter().map(|i| batch.column(*i).clone()).collect::<Vec<_>>())?;
+            let numbers = batch.column(columns.len()).as_primitive::<arrow::datatypes::UInt64Type>();
+            for i in 0..batch.num_rows() {
+                keys.insert(key_rows.row(i).as_ref(), numbers.value(i))?;
+            }
+            rows_valid += batch.num_rows() as u64;
+            writer.write(&batch)?;
         }
-        if !opts.skip_invalid && problems.count > 0 {
-            // Nothing will be committed: keep reading only to count every problem.
-            continue;
-        }
-        let row_numbers: ArrayRef =
-            Arc::new(UInt64Array::from_iter_values((0..d.rows as u64).map(|i| d.first_row + i)));
-        let mut arrays = converted.columns;
-        arrays.push(row_numbers);
-        let filtered = filter_record_batch(&RecordBatch::try_new(loose.clone(), arrays)?, &keep)?;
-        let batch = RecordBatch::try_new(schema.clone(), filtered.columns().to_vec())?;
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        let key_rows = converter.convert_columns(&pk.iter().map(|i| batch.column(*i).clone()).collect::<Vec<_>>())?;
-        let numbers = batch.column(columns.len()).as_primitive::<arrow::datatypes::UInt64Type>();
-        for i in 0..batch.num_rows() {
-            keys.insert(key_rows.row(i).as_ref(), numbers.value(i))?;
-        }
-        rows_valid += batch.num_rows() as u64;
-        writer.write(&batch)?;
-    }
+        Ok(())
+    })?;
     writer.finish()?;
     drop(writer);
 

@@ -175,6 +175,7 @@ pub async fn push(
     tracing::info!(dataset = %id, principal = %caller.principal.id, bytes = bytes_in, "upload received");
 
     let opts = StageOptions { skip_invalid: skip, temp_dir: tmp_dir };
+    let staging_started = std::time::Instant::now();
     let ds = dataset.clone();
     let staged = tokio::task::spawn_blocking(move || {
         let staged = gdx_connectors::stage(&upload, format, &ds, &opts);
@@ -184,6 +185,14 @@ pub async fn push(
     .await
     .map_err(|e| ApiError::internal(&e))?
     .map_err(connector_error)?;
+    tracing::info!(
+        dataset = %id,
+        rows = staged.rows_read,
+        valid = staged.rows_valid,
+        problems = staged.error_count,
+        elapsed_ms = staging_started.elapsed().as_millis() as u64,
+        "upload checked"
+    );
     if !staged.committable(skip) {
         let detail = format!(
             "{} problem(s) in {} row(s) read; nothing was committed (on_error=skip commits the valid rows)",
