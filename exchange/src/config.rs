@@ -139,41 +139,23 @@ impl Config {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
         };
-        if let Some(v) = &args.data_dir {
-            c.data_dir = v.clone();
+        // A flag (or its variable) overrides the file: same name on both sides.
+        macro_rules! flag {
+            ($($field:ident),+ => Some) => { $(if let Some(v) = &args.$field { c.$field = Some(v.clone()); })+ };
+            ($($field:ident),+) => { $(if let Some(v) = &args.$field { c.$field = v.clone(); })+ };
         }
-        if let Some(v) = args.listen {
-            c.listen = v;
-        }
-        if let Some(v) = &args.tls_cert {
-            c.tls_cert = Some(v.clone());
-        }
-        if let Some(v) = &args.tls_key {
-            c.tls_key = Some(v.clone());
-        }
-        if let Some(v) = &args.client_ca {
-            c.client_ca = Some(v.clone());
-        }
-        if let Some(v) = args.webhook_allow_private {
-            c.webhook_allow_private = v;
-        }
+        flag!(
+            data_dir,
+            listen,
+            webhook_allow_private,
+            log_format,
+            max_push_bytes,
+            maintenance_interval_hours,
+            vacuum_retention_hours
+        );
+        flag!(tls_cert, tls_key, client_ca, secret_key_file => Some);
         if let Some(v) = &args.supervisor_departments {
             c.supervisor_departments = v.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        }
-        if let Some(v) = &args.secret_key_file {
-            c.secret_key_file = Some(v.clone());
-        }
-        if let Some(v) = args.log_format {
-            c.log_format = v;
-        }
-        if let Some(v) = args.max_push_bytes {
-            c.max_push_bytes = v;
-        }
-        if let Some(v) = args.maintenance_interval_hours {
-            c.maintenance_interval_hours = v;
-        }
-        if let Some(v) = args.vacuum_retention_hours {
-            c.vacuum_retention_hours = v;
         }
         if c.secret_key_file.is_none() {
             c.secret_key_file = Some(crate::secret::default_path(args.config.as_deref(), &c.data_dir));
