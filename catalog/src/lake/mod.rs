@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Dataset;
 
+mod upsert;
+
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -248,59 +250,28 @@ impl Lake {
             Some(t) => file_set(t, id)?,
             None => HashSet::new(),
         };
-        // Delta's own planner, and a memory pool that spills (a merge may sort).
-        let mut state =
-            deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
-        // An upsert joins the upload with the table: a sort-merge join spills
-        // to disk where a hash join would need the whole upload in memory.
-        state.config_mut().options_mut().optimizer.prefer_hash_join = false;
-        let ctx = SessionContext::new_with_state(state.clone());
-        let staged_path = staged.to_str().ok_or_else(|| LakeError::Io {
-            path: staged.to_path_buf(),
-            source: std::io::Error::other("staging path is not UTF-8"),
-        })?;
-        let source = ctx.read_table(Arc::new(StagedTable::open(staged_path)?.table()?)).map_err(engine(id))?;
-        let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
-        let source = source.select_columns(&names).map_err(engine(id))?;
         let metadata =
             serde_json::to_value(&info).map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: e.into() })?;
-        let props = CommitProperties::default().with_metadata([(INFO_KEY.to_string(), metadata)]).with_max_retries(0);
-        let state = Arc::new(state);
         let table = match (current, info.mode) {
             (Some(table), WriteMode::Upsert) => {
-                let on = dataset
-                    .primary_key
-                    .iter()
-                    .map(|k| format!("target.\"{k}\" = source.\"{k}\""))
-                    .collect::<Vec<_>>()
-                    .join(" AND ");
-                let (table, _metrics) = table
-                    .merge(source, on)
-                    .with_source_alias("source")
-                    .with_target_alias("target")
-                    .with_merge_schema(true)
-                    // The staged upload is read once, as a stream; file skipping is
-                    // collected while the join reads it instead of by a first pass.
-                    .with_streaming(true)
-                    .with_session_state(state)
-                    .with_writer_properties(writer_properties(dataset))
-                    .with_commit_properties(props)
-                    .when_matched_update(|u| {
-                        names
-                            .iter()
-                            .filter(|c| !dataset.primary_key.iter().any(|k| k == *c))
-                            .fold(u, |u, c| u.update(format!("\"{c}\""), format!("source.\"{c}\"")))
-                    })
-                    .map_err(delta(id))?
-                    .when_not_matched_insert(|i| {
-                        names.iter().fold(i, |i, c| i.set(format!("\"{c}\""), format!("source.\"{c}\"")))
-                    })
-                    .map_err(delta(id))?
-                    .await
-                    .map_err(delta(id))?;
-                table
+                let app = HashMap::from([(INFO_KEY.to_string(), metadata)]);
+                let rows = u64::try_from(info.rows_written).unwrap_or(0);
+                upsert::upsert(&self.table_path(dataset), dataset, &table, staged, rows, app).await?;
+                self.open(dataset).await?.ok_or_else(|| LakeError::Conflict { dataset: id.to_string() })?
             }
             (current, mode) => {
+                let state =
+                    deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
+                let ctx = SessionContext::new_with_state(state.clone());
+                let staged_path = staged.to_str().ok_or_else(|| LakeError::Io {
+                    path: staged.to_path_buf(),
+                    source: std::io::Error::other("staging path is not UTF-8"),
+                })?;
+                let source = ctx.read_table(Arc::new(StagedTable::open(staged_path)?.table()?)).map_err(engine(id))?;
+                let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
+                let source = source.select_columns(&names).map_err(engine(id))?;
+                let props =
+                    CommitProperties::default().with_metadata([(INFO_KEY.to_string(), metadata)]).with_max_retries(0);
                 let table = match current {
                     Some(t) => t,
                     // A new table: created by this first write's commit.
@@ -312,14 +283,14 @@ impl Lake {
                 table
                     .write(Vec::new())
                     .with_input_plan(source.logical_plan().clone())
-                    .with_session_state(state)
+                    .with_session_state(Arc::new(state))
                     .with_save_mode(save)
                     // Columns added to the catalogue since the last push join the table.
                     .with_schema_mode(SchemaMode::Merge)
                     .with_table_name(&dataset.name)
                     .with_writer_properties(writer_properties(dataset))
                     .with_target_file_size(NonZeroU64::new(TARGET_FILE_BYTES))
-                    // Merges and compaction read the target size from the table.
+                    // Compaction reads the target size from the table.
                     .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
                     .with_commit_properties(props)
                     .await

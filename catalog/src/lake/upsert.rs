@@ -1,0 +1,526 @@
+//! Upsert as copy-on-write in one commit, in bounded memory.
+//!
+//! The upload's keys are hashed to 128 bits. The table's files are read on
+//! their key columns only and every row whose key the upload carries is
+//! marked. Files with marked rows are rewritten without them, the upload is
+//! written as new files, and one commit removes the rewritten files and adds
+//! the new ones: readers see the old version or the new one, never a mix.
+//!
+//! Memory does not grow with the table or the upload: one pass holds at most
+//! [`PASS_KEYS`] key hashes (more keys take more passes over the table's key
+//! columns, each on its share of the hash space), a bit per row of each
+//! touched file, and the writer's open file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::row::{RowConverter, SortField};
+use deltalake::DeltaTable;
+use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{Action, MetadataExt, StructType};
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::{DeltaOperation, MergePredicate};
+use serde_json::Value;
+
+use super::{LakeError, TARGET_FILE_BYTES, delta, writer_properties};
+use crate::model::Dataset;
+
+/// Key hashes one pass holds in memory (16 bytes each: 64 MiB).
+const PASS_KEYS: u64 = 4 << 20;
+/// Rows per batch read back from a data file.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+type Res<T> = std::result::Result<T, UpsertError>;
+
+/// Failures inside the blocking phases, mapped to [`LakeError`] at the end.
+#[derive(Debug)]
+enum UpsertError {
+    Io(PathBuf, std::io::Error),
+    Arrow(ArrowError),
+    Parquet(PathBuf, deltalake::parquet::errors::ParquetError),
+}
+
+impl From<ArrowError> for UpsertError {
+    fn from(e: ArrowError) -> Self {
+        UpsertError::Arrow(e)
+    }
+}
+
+impl UpsertError {
+    fn into_lake(self, dataset: &str) -> LakeError {
+        match self {
+            UpsertError::Io(path, source) => LakeError::Io { path, source },
+            UpsertError::Arrow(e) => LakeError::Engine { dataset: dataset.to_string(), source: Box::new(e.into()) },
+            UpsertError::Parquet(path, e) => LakeError::Io { path, source: std::io::Error::other(e) },
+        }
+    }
+}
+
+/// Hashes primary keys to 128 bits (two independent SipHash keys), the same
+/// way for the upload and the table within one upsert.
+struct KeyHasher {
+    converter: RowConverter,
+    seeds: [std::hash::RandomState; 2],
+}
+
+impl KeyHasher {
+    fn new(key_fields: &[FieldRef]) -> Res<Self> {
+        let converter = RowConverter::new(key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        Ok(Self { converter, seeds: [Default::default(), Default::default()] })
+    }
+
+    fn hashes(&self, columns: &[ArrayRef]) -> Res<Vec<u128>> {
+        let rows = self.converter.convert_columns(columns)?;
+        let h = |s: &std::hash::RandomState, bytes: &[u8]| {
+            let mut h = s.build_hasher();
+            h.write(bytes);
+            h.finish()
+        };
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let b = r.as_ref();
+                (u128::from(h(&self.seeds[0], b)) << 64) | u128::from(h(&self.seeds[1], b))
+            })
+            .collect())
+    }
+}
+
+/// The pass a key hash belongs to.
+fn pass_of(h: u128, passes: u64) -> u64 {
+    ((h >> 64) as u64) % passes
+}
+
+/// A pass's key hashes, sorted, with a directory on their top bits so a
+/// lookup searches a handful of entries.
+struct KeyIndex {
+    hashes: Vec<u128>,
+    directory: Vec<u32>,
+}
+
+const DIRECTORY_BITS: u32 = 16;
+
+impl KeyIndex {
+    fn new(mut hashes: Vec<u128>) -> Self {
+        hashes.sort_unstable();
+        let mut directory = vec![0u32; (1 << DIRECTORY_BITS) + 1];
+        for h in &hashes {
+            directory[Self::slot(*h) + 1] += 1;
+        }
+        for i in 1..directory.len() {
+            directory[i] += directory[i - 1];
+        }
+        Self { hashes, directory }
+    }
+
+    fn slot(h: u128) -> usize {
+        (h >> (128 - DIRECTORY_BITS)) as usize
+    }
+
+    fn contains(&self, h: u128) -> bool {
+        let s = Self::slot(h);
+        let (lo, hi) = (self.directory[s] as usize, self.directory[s + 1] as usize);
+        self.hashes[lo..hi].binary_search(&h).is_ok()
+    }
+}
+
+/// A table file and the rows of it the upload replaces.
+struct TableFile {
+    path: PathBuf,
+    remove: deltalake::kernel::Remove,
+    /// One bit per row of the file, set for rows to drop; `None` while untouched.
+    marks: Option<Vec<u64>>,
+}
+
+/// The staged upload's columns, read in batches (optionally only some columns).
+fn read_staged(path: &Path, columns: &[&str]) -> Res<impl Iterator<Item = Res<RecordBatch>>> {
+    let file = File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?;
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::with_capacity(1 << 20, file), None)?;
+    let schema = reader.schema();
+    let projection: Vec<usize> = columns.iter().map(|c| schema.index_of(c)).collect::<Result<_, _>>()?;
+    let reader = arrow::ipc::reader::FileReader::try_new(
+        std::io::BufReader::with_capacity(
+            1 << 20,
+            File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?,
+        ),
+        Some(projection),
+    )?;
+    Ok(reader.map(|b| b.map_err(UpsertError::from)))
+}
+
+/// A table file's rows, optionally only the named columns, and its row count.
+fn read_file(path: &Path, columns: Option<&[String]>) -> Res<(u64, impl Iterator<Item = Res<RecordBatch>>)> {
+    let pq = |e| UpsertError::Parquet(path.to_path_buf(), e);
+    let file = File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(READ_BATCH_ROWS);
+    let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().map(String::as_str));
+        builder = builder.with_projection(mask);
+    }
+    let reader = builder.build().map_err(pq)?;
+    Ok((rows, reader.map(|b| b.map_err(UpsertError::from))))
+}
+
+/// `batch`'s columns shaped as `schema`: by name, cast where the types
+/// differ, nulls for columns the batch does not have.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Res<RecordBatch> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type()),
+            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+fn key_columns(batch: &RecordBatch, key: &[String], schema: &SchemaRef) -> Res<Vec<ArrayRef>> {
+    key.iter()
+        .map(|k| {
+            let field = schema.field_with_name(k)?;
+            let c = batch
+                .column_by_name(k)
+                .ok_or_else(|| ArrowError::SchemaError(format!("key column {k} missing from a data file")))?;
+            Ok(if c.data_type() == field.data_type() { c.clone() } else { arrow::compute::cast(c, field.data_type())? })
+        })
+        .collect()
+}
+
+/// Marks, in each table file, the rows whose key the upload carries.
+/// Returns how many rows were marked.
+fn mark(
+    staged: &Path,
+    upload_rows: u64,
+    pass_keys: u64,
+    key: &[String],
+    schema: &SchemaRef,
+    files: &mut [TableFile],
+) -> Res<u64> {
+    let key_fields: Vec<FieldRef> =
+        key.iter().map(|k| schema.field_with_name(k).map(|f| Arc::new(f.clone()))).collect::<Result<_, _>>()?;
+    let hasher = KeyHasher::new(&key_fields)?;
+    let passes = upload_rows.div_ceil(pass_keys.max(1)).max(1);
+    let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
+    let mut marked = 0u64;
+    for pass in 0..passes {
+        let mut hashes = Vec::new();
+        for batch in read_staged(staged, &key_refs)? {
+            let batch = batch?;
+            hashes.extend(
+                hasher.hashes(&key_columns(&batch, key, schema)?)?.into_iter().filter(|h| pass_of(*h, passes) == pass),
+            );
+        }
+        if hashes.is_empty() {
+            continue;
+        }
+        let index = KeyIndex::new(hashes);
+        for file in files.iter_mut() {
+            let (rows, batches) = read_file(&file.path, Some(key))?;
+            let mut offset = 0usize;
+            for batch in batches {
+                let batch = batch?;
+                for (i, h) in hasher.hashes(&key_columns(&batch, key, schema)?)?.into_iter().enumerate() {
+                    if pass_of(h, passes) == pass && index.contains(h) {
+                        let marks = file.marks.get_or_insert_with(|| vec![0u64; (rows as usize).div_ceil(64)]);
+                        let row = offset + i;
+                        if let Some(word) = marks.get_mut(row / 64) {
+                            if *word & (1 << (row % 64)) == 0 {
+                                marked += 1;
+                            }
+                            *word |= 1 << (row % 64);
+                        }
+                    }
+                }
+                offset += batch.num_rows();
+            }
+        }
+    }
+    Ok(marked)
+}
+
+/// Sends the rows of the new files: the upload, then what the touched files keep.
+fn produce(
+    staged: &Path,
+    columns: &[&str],
+    schema: &SchemaRef,
+    files: &[TableFile],
+    tx: &tokio::sync::mpsc::Sender<Res<RecordBatch>>,
+) -> Res<()> {
+    for batch in read_staged(staged, columns)? {
+        if tx.blocking_send(conform(&batch?, schema)).is_err() {
+            return Ok(());
+        }
+    }
+    for file in files {
+        let Some(marks) = &file.marks else { continue };
+        let (_, batches) = read_file(&file.path, None)?;
+        let mut offset = 0usize;
+        for batch in batches {
+            let batch = batch?;
+            let keep: BooleanArray =
+                (offset..offset + batch.num_rows()).map(|r| Some(marks[r / 64] & (1 << (r % 64)) == 0)).collect();
+            offset += batch.num_rows();
+            let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
+            if kept.num_rows() > 0 && tx.blocking_send(conform(&kept, schema)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Upserts the staged upload into `table` as one commit; returns the rows
+/// the upload replaced.
+pub(super) async fn upsert(
+    table_dir: &Path,
+    dataset: &Dataset,
+    table: &DeltaTable,
+    staged: &Path,
+    upload_rows: u64,
+    app_metadata: HashMap<String, Value>,
+) -> Result<u64, LakeError> {
+    let id = dataset.id.as_str();
+    let state = table.snapshot().map_err(delta(id))?;
+    let table_schema = state.snapshot().arrow_schema();
+    let upload_schema = dataset.arrow_schema();
+
+    // The table's columns, then columns the catalogue added since the last push.
+    let mut fields: Vec<FieldRef> = table_schema.fields().iter().cloned().collect();
+    let mut widened = false;
+    for f in upload_schema.fields() {
+        if table_schema.field_with_name(f.name()).is_err() {
+            fields.push(Arc::new(Field::new(f.name(), f.data_type().clone(), true)));
+            widened = true;
+        }
+    }
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+
+    let mut files: Vec<TableFile> = state
+        .log_data()
+        .iter()
+        .map(|f| TableFile { path: table_dir.join(f.path().as_ref()), remove: f.remove_action(true), marks: None })
+        .collect();
+
+    let key = dataset.primary_key.clone();
+    let (marked, files) = {
+        let (path, schema) = (staged.to_path_buf(), schema.clone());
+        tokio::task::spawn_blocking(move || {
+            mark(&path, upload_rows, PASS_KEYS, &key, &schema, &mut files).map(|m| (m, files))
+        })
+        .await
+        .map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: std::io::Error::other(e) })?
+        .map_err(|e| e.into_lake(id))?
+    };
+    let touched = files.iter().filter(|f| f.marks.is_some()).count();
+    tracing::info!(marked, files = files.len(), touched, "upsert: rows matched");
+
+    let (num_indexed_cols, stats_columns) =
+        deltalake::operations::get_num_idx_cols_and_stats_columns(Some(state.table_config()), HashMap::new());
+    let config = WriterConfig::new(
+        schema.clone(),
+        Vec::new(),
+        Some(writer_properties(dataset)),
+        NonZeroU64::new(TARGET_FILE_BYTES),
+        None,
+        num_indexed_cols,
+        stats_columns,
+    );
+    let mut writer = DeltaWriter::new(table.log_store().object_store(None), config);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Res<RecordBatch>>(2);
+    let files = Arc::new(files);
+    let producer = {
+        let (staged, schema, files) = (staged.to_path_buf(), schema.clone(), files.clone());
+        let columns: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            if let Err(e) = produce(&staged, &columns, &schema, &files, &tx) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        })
+    };
+    let mut failed = None;
+    while let Some(batch) = rx.recv().await {
+        let result = match batch {
+            Ok(b) => writer.write(&b).await.map_err(delta(id)),
+            Err(e) => Err(e.into_lake(id)),
+        };
+        if let Err(e) = result {
+            failed = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let _ = producer.await;
+    if let Some(e) = failed {
+        let _ = writer.abort().await;
+        return Err(e);
+    }
+    let adds = writer.close().await.map_err(delta(id))?;
+
+    let mut actions = Vec::with_capacity(adds.len() + touched + 1);
+    if widened {
+        let kernel: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| delta(id)(deltalake::DeltaTableError::Generic(e.to_string())))?;
+        actions.push(Action::Metadata(state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?));
+    }
+    actions.extend(files.iter().filter(|f| f.marks.is_some()).map(|f| Action::Remove(f.remove.clone())));
+    let added: Vec<PathBuf> = adds.iter().map(|a| table_dir.join(&a.path)).collect();
+    actions.extend(adds.into_iter().map(Action::Add));
+    let on = dataset.primary_key.iter().map(|k| format!("target.{k} = source.{k}")).collect::<Vec<_>>().join(" AND ");
+    let operation = DeltaOperation::Merge {
+        predicate: None,
+        merge_predicate: Some(on),
+        matched_predicates: vec![MergePredicate { action_type: "update".into(), predicate: None }],
+        not_matched_predicates: vec![MergePredicate { action_type: "insert".into(), predicate: None }],
+        not_matched_by_source_predicates: Vec::new(),
+    };
+    let committed = CommitBuilder::default()
+        .with_actions(actions)
+        .with_app_metadata(app_metadata)
+        .with_max_retries(0)
+        .build(Some(state), table.log_store(), operation)
+        .await;
+    if let Err(e) = committed {
+        // The new files belong to no version: remove them now rather than at the next vacuum.
+        for path in added {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(delta(id)(e));
+    }
+    Ok(marked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lake::{Lake, PushInfo, WriteMode};
+    use arrow::array::{Int64Array, StringArray, UInt64Array};
+
+    fn dataset() -> Dataset {
+        let input: crate::model::NewDataset = serde_json::from_value(serde_json::json!({
+            "department": "gongan", "name": "people", "title": "人口", "resource_code": "1-01",
+            "classification": "basic", "sharing": "unconditional", "update_cycle": "daily",
+            "primary_key": ["id"],
+            "columns": [
+                {"name": "id", "type": "string", "nullable": false},
+                {"name": "v", "type": "int64"}
+            ]
+        }))
+        .expect("json");
+        crate::validate::dataset(input, chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")).expect("valid")
+    }
+
+    /// A staging file as the connectors write it: the dataset's columns and row numbers.
+    fn staged(dir: &Path, name: &str, ds: &Dataset, ids: std::ops::Range<u64>, v: i64) -> PathBuf {
+        let mut fields: Vec<Field> = ds.arrow_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("__gdx_row", arrow::datatypes::DataType::UInt64, false));
+        let schema = Arc::new(Schema::new(fields));
+        let path = dir.join(name);
+        let mut w = arrow::ipc::writer::FileWriter::try_new(File::create(&path).expect("create"), &schema).expect("w");
+        let n = ids.end - ids.start;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(ids.clone().map(|i| format!("k{i:06}")))),
+                Arc::new(Int64Array::from(vec![v; n as usize])),
+                Arc::new(UInt64Array::from_iter_values(1..=n)),
+            ],
+        )
+        .expect("batch");
+        w.write(&batch).expect("write");
+        w.finish().expect("finish");
+        path
+    }
+
+    fn info(version: i64, mode: WriteMode, rows: i64) -> PushInfo {
+        PushInfo { version, mode, rows_written: rows, rejected: 0, committed_by: "s".into(), idempotency_key: None }
+    }
+
+    #[tokio::test]
+    async fn upsert_replaces_matching_rows_in_one_commit_and_rewrites_only_touched_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::new(dir.path().join("lake"));
+        let ds = dataset();
+        for i in 0..3u64 {
+            let f = staged(dir.path(), &format!("base{i}"), &ds, i * 1000..(i + 1) * 1000, 0);
+            lake.commit(&ds, &f, info(i as i64 + 1, WriteMode::Append, 1000)).await.expect("append");
+        }
+        let before = lake.open(&ds).await.expect("open").expect("table");
+        let before_files = super::super::file_set(&before, "gongan.people").expect("files");
+
+        // Keys 1500..4500: half of the second file, all of the third, 1500 new.
+        let up = staged(dir.path(), "up", &ds, 1500..4500, 1);
+        let c = lake.commit(&ds, &up, info(4, WriteMode::Upsert, 3000)).await.expect("upsert");
+        assert_eq!(c.row_count, 4500);
+        assert_eq!(c.delta_version, 3, "one commit");
+        let rows = lake.read(&ds, c.delta_version).await.expect("read");
+        let mut seen = std::collections::BTreeMap::new();
+        for b in &rows {
+            let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).expect("cast");
+            let ids = ids.as_any().downcast_ref::<StringArray>().expect("ids");
+            let vs = b.column(1).as_any().downcast_ref::<Int64Array>().expect("v");
+            for i in 0..b.num_rows() {
+                assert!(seen.insert(ids.value(i).to_string(), vs.value(i)).is_none(), "{} twice", ids.value(i));
+            }
+        }
+        assert_eq!(seen.len(), 4500);
+        assert!(seen.iter().all(|(k, v)| *v == i64::from(k[1..].parse::<u64>().expect("n") >= 1500)));
+        // The first file had no matching key and stays as it was.
+        let after = lake.open(&ds).await.expect("open").expect("table");
+        let after_files = super::super::file_set(&after, "gongan.people").expect("files");
+        assert_eq!(before_files.intersection(&after_files).count(), 1);
+        // The version before the upsert still reads as it was.
+        assert_eq!(lake.read(&ds, 2).await.expect("read").iter().map(|b| b.num_rows()).sum::<usize>(), 3000);
+    }
+
+    #[tokio::test]
+    async fn marking_in_several_passes_finds_the_same_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lake = Lake::new(dir.path().join("lake"));
+        let ds = dataset();
+        for i in 0..2u64 {
+            let f = staged(dir.path(), &format!("base{i}"), &ds, i * 5000..(i + 1) * 5000, 0);
+            lake.commit(&ds, &f, info(i as i64 + 1, WriteMode::Append, 5000)).await.expect("append");
+        }
+        let table = lake.open(&ds).await.expect("open").expect("table");
+        let state = table.snapshot().expect("snapshot");
+        let schema = state.snapshot().arrow_schema();
+        let table_dir = lake.table_path(&ds);
+        let files = || -> Vec<TableFile> {
+            state
+                .log_data()
+                .iter()
+                .map(|f| TableFile {
+                    path: table_dir.join(f.path().as_ref()),
+                    remove: f.remove_action(true),
+                    marks: None,
+                })
+                .collect()
+        };
+        let up = staged(dir.path(), "up", &ds, 4000..7000, 1);
+        let key = vec!["id".to_string()];
+        let (mut one, mut many) = (files(), files());
+        assert_eq!(mark(&up, 3000, PASS_KEYS, &key, &schema, &mut one).expect("one pass"), 3000);
+        assert_eq!(mark(&up, 3000, 700, &key, &schema, &mut many).expect("five passes"), 3000);
+        let bits = |f: &[TableFile]| -> Vec<Option<Vec<u64>>> { f.iter().map(|f| f.marks.clone()).collect() };
+        assert_eq!(bits(&one), bits(&many));
+        let set: u32 = one.iter().flat_map(|f| f.marks.iter().flatten()).map(|w| w.count_ones()).sum();
+        assert_eq!(set, 3000);
+    }
+}
