@@ -1,7 +1,7 @@
 //! The lake: one Delta table per dataset under `<data-dir>/lake/<department>/<name>`.
 //!
-//! Each push is one atomic Delta commit (append, replace, or upsert as a
-//! merge on the primary key). GDX numbers versions 1, 2, … one per push; the
+//! Each push is one atomic Delta commit (append, replace, or upsert on the
+//! primary key, see [`upsert`]). GDX numbers versions 1, 2, … one per push; the
 //! Delta table has its own numbering (compaction and schema changes commit
 //! too), so every push commit carries its GDX version, mode, author and
 //! idempotency key in the commit's metadata, and the catalogue records the
@@ -53,7 +53,7 @@ pub enum LakeError {
         /// The dataset.
         dataset: String,
     },
-    /// The commit needed more memory than its pool allows (an upsert too large to join).
+    /// The commit needed more memory than its pool allows.
     #[error("dataset {dataset}: the push needs more memory than the server gives one commit")]
     ResourcesExhausted {
         /// The dataset.
