@@ -12,22 +12,13 @@
 //! on the primary-key columns; any Delta reader can open the tables.
 
 use std::collections::{HashMap, HashSet};
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datafusion::catalog::streaming::StreamingTable;
-use datafusion::execution::TaskContext;
 use datafusion::execution::context::SessionContext;
-use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
-use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -35,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Dataset;
 
 mod upsert;
+mod write;
 
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +142,6 @@ const INFO_KEY: &str = "gdx.push";
 const TARGET_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
-/// Memory a commit may use before spilling to disk.
-const MEMORY_POOL_BYTES: usize = 512 * 1024 * 1024;
 
 /// The lake under one folder.
 #[derive(Debug)]
@@ -193,6 +183,16 @@ pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page);
     for k in &dataset.primary_key {
         b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
+    }
+    // Columns whose values rarely repeat (a single-column key, ID and credit
+    // codes, mobiles, addresses) gain nothing from a dictionary: the writer
+    // would build one per row group only to fall back to plain encoding.
+    for c in &dataset.columns {
+        let unique_key = dataset.primary_key.len() == 1 && dataset.primary_key[0] == c.name;
+        let distinct = matches!(c.semantic.as_deref(), Some("id_card" | "credit_code" | "phone" | "address"));
+        if unique_key || distinct {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
+        }
     }
     b.build()
 }
@@ -252,26 +252,14 @@ impl Lake {
         };
         let metadata =
             serde_json::to_value(&info).map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: e.into() })?;
-        let table = match (current, info.mode) {
+        let app = HashMap::from([(INFO_KEY.to_string(), metadata)]);
+        let table_dir = self.table_path(dataset);
+        match (current, info.mode) {
             (Some(table), WriteMode::Upsert) => {
-                let app = HashMap::from([(INFO_KEY.to_string(), metadata)]);
                 let rows = u64::try_from(info.rows_written).unwrap_or(0);
-                upsert::upsert(&self.table_path(dataset), dataset, &table, staged, rows, app).await?;
-                self.open(dataset).await?.ok_or_else(|| LakeError::Conflict { dataset: id.to_string() })?
+                upsert::upsert(&table_dir, dataset, &table, staged, rows, app).await?;
             }
             (current, mode) => {
-                let state =
-                    deltalake::delta_datafusion::create_session_state_with_spill_config(Some(MEMORY_POOL_BYTES), None);
-                let ctx = SessionContext::new_with_state(state.clone());
-                let staged_path = staged.to_str().ok_or_else(|| LakeError::Io {
-                    path: staged.to_path_buf(),
-                    source: std::io::Error::other("staging path is not UTF-8"),
-                })?;
-                let source = ctx.read_table(Arc::new(StagedTable::open(staged_path)?.table()?)).map_err(engine(id))?;
-                let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
-                let source = source.select_columns(&names).map_err(engine(id))?;
-                let props =
-                    CommitProperties::default().with_metadata([(INFO_KEY.to_string(), metadata)]).with_max_retries(0);
                 let table = match current {
                     Some(t) => t,
                     // A new table: created by this first write's commit.
@@ -279,24 +267,10 @@ impl Lake {
                         .and_then(|b| b.build())
                         .map_err(delta(id))?,
                 };
-                let save = if mode == WriteMode::Replace { SaveMode::Overwrite } else { SaveMode::Append };
-                table
-                    .write(Vec::new())
-                    .with_input_plan(source.logical_plan().clone())
-                    .with_session_state(Arc::new(state))
-                    .with_save_mode(save)
-                    // Columns added to the catalogue since the last push join the table.
-                    .with_schema_mode(SchemaMode::Merge)
-                    .with_table_name(&dataset.name)
-                    .with_writer_properties(writer_properties(dataset))
-                    .with_target_file_size(NonZeroU64::new(TARGET_FILE_BYTES))
-                    // Compaction reads the target size from the table.
-                    .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
-                    .with_commit_properties(props)
-                    .await
-                    .map_err(delta(id))?
+                write::write(&table_dir, dataset, table, staged, mode, app).await?;
             }
-        };
+        }
+        let table = self.open(dataset).await?.ok_or_else(|| LakeError::Conflict { dataset: id.to_string() })?;
         let delta_version = table.version().unwrap_or_default();
         let (row_count, bytes) = stats(&table, &before, id)?;
         Ok(Committed { info, delta_version, row_count, bytes, committed_at: chrono::Utc::now() })
@@ -394,66 +368,6 @@ impl Lake {
             out.files_deleted = metrics.files_deleted.len() as u64;
         }
         Ok(out)
-    }
-}
-
-/// A staged Arrow IPC file as a one-partition streaming table: batches are
-/// read on a blocking thread and handed over through a channel of two, so a
-/// commit holds a couple of batches of the upload, never the file.
-#[derive(Debug)]
-struct StagedTable {
-    path: PathBuf,
-    schema: arrow::datatypes::SchemaRef,
-}
-
-impl StagedTable {
-    fn open(path: &str) -> Result<Self, LakeError> {
-        let path = PathBuf::from(path);
-        let io = |source| LakeError::Io { path: path.clone(), source };
-        let file = std::fs::File::open(&path).map_err(io)?;
-        let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)
-            .map_err(|e| io(std::io::Error::other(e)))?;
-        let schema = reader.schema();
-        Ok(Self { path, schema })
-    }
-
-    fn table(self) -> Result<StreamingTable, LakeError> {
-        let schema = self.schema.clone();
-        StreamingTable::try_new(schema, vec![Arc::new(self)])
-            .map_err(|e| LakeError::Engine { dataset: String::new(), source: Box::new(e) })
-    }
-}
-
-impl PartitionStream for StagedTable {
-    fn schema(&self) -> &arrow::datatypes::SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (tx, rx) = tokio::sync::mpsc::channel::<datafusion::error::Result<arrow::array::RecordBatch>>(2);
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let reader = std::fs::File::open(&path)
-                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
-                .and_then(|f| {
-                    arrow::ipc::reader::FileReader::try_new(std::io::BufReader::with_capacity(1 << 20, f), None)
-                        .map_err(datafusion::error::DataFusionError::from)
-                });
-            match reader {
-                Ok(reader) => {
-                    for batch in reader {
-                        if tx.blocking_send(batch.map_err(datafusion::error::DataFusionError::from)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                }
-            }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
 

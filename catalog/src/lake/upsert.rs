@@ -14,25 +14,26 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
-use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow::datatypes::{FieldRef, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
-use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, MetadataExt, StructType};
+use deltalake::kernel::{Action, MetadataExt};
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use serde_json::Value;
 
-use super::{LakeError, TARGET_FILE_BYTES, delta, writer_properties};
+use super::write::{
+    Dealer, ReadError, ReadResult, conform, kernel_schema, push_schema, read_staged, remove_files, write_files,
+    writer_config,
+};
+use super::{LakeError, delta};
 use crate::model::Dataset;
 
 /// Key hashes one pass holds in memory (16 bytes each: 64 MiB).
@@ -40,31 +41,7 @@ const PASS_KEYS: u64 = 4 << 20;
 /// Rows per batch read back from a data file.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
-type Res<T> = std::result::Result<T, UpsertError>;
-
-/// Failures inside the blocking phases, mapped to [`LakeError`] at the end.
-#[derive(Debug)]
-enum UpsertError {
-    Io(PathBuf, std::io::Error),
-    Arrow(ArrowError),
-    Parquet(PathBuf, deltalake::parquet::errors::ParquetError),
-}
-
-impl From<ArrowError> for UpsertError {
-    fn from(e: ArrowError) -> Self {
-        UpsertError::Arrow(e)
-    }
-}
-
-impl UpsertError {
-    fn into_lake(self, dataset: &str) -> LakeError {
-        match self {
-            UpsertError::Io(path, source) => LakeError::Io { path, source },
-            UpsertError::Arrow(e) => LakeError::Engine { dataset: dataset.to_string(), source: Box::new(e.into()) },
-            UpsertError::Parquet(path, e) => LakeError::Io { path, source: std::io::Error::other(e) },
-        }
-    }
-}
+type Res<T> = ReadResult<T>;
 
 /// Hashes primary keys to 128 bits (two independent SipHash keys), the same
 /// way for the upload and the table within one upsert.
@@ -142,26 +119,10 @@ struct TableFile {
     marks: Option<Vec<u64>>,
 }
 
-/// The staged upload's columns, read in batches (optionally only some columns).
-fn read_staged(path: &Path, columns: &[&str]) -> Res<impl Iterator<Item = Res<RecordBatch>>> {
-    let file = File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?;
-    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::with_capacity(1 << 20, file), None)?;
-    let schema = reader.schema();
-    let projection: Vec<usize> = columns.iter().map(|c| schema.index_of(c)).collect::<Result<_, _>>()?;
-    let reader = arrow::ipc::reader::FileReader::try_new(
-        std::io::BufReader::with_capacity(
-            1 << 20,
-            File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?,
-        ),
-        Some(projection),
-    )?;
-    Ok(reader.map(|b| b.map_err(UpsertError::from)))
-}
-
 /// A table file's rows, optionally only the named columns, and its row count.
 fn read_file(path: &Path, columns: Option<&[String]>) -> Res<(u64, impl Iterator<Item = Res<RecordBatch>>)> {
-    let pq = |e| UpsertError::Parquet(path.to_path_buf(), e);
-    let file = File::open(path).map_err(|e| UpsertError::Io(path.to_path_buf(), e))?;
+    let pq = |e| ReadError::Parquet(path.to_path_buf(), e);
+    let file = File::open(path).map_err(|e| ReadError::Io(path.to_path_buf(), e))?;
     let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?.with_batch_size(READ_BATCH_ROWS);
     let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
     if let Some(columns) = columns {
@@ -169,23 +130,7 @@ fn read_file(path: &Path, columns: Option<&[String]>) -> Res<(u64, impl Iterator
         builder = builder.with_projection(mask);
     }
     let reader = builder.build().map_err(pq)?;
-    Ok((rows, reader.map(|b| b.map_err(UpsertError::from))))
-}
-
-/// `batch`'s columns shaped as `schema`: by name, cast where the types
-/// differ, nulls for columns the batch does not have.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Res<RecordBatch> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => arrow::compute::cast(c, f.data_type()),
-            None => Ok(arrow::array::new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    Ok((rows, reader.map(|b| b.map_err(ReadError::from))))
 }
 
 fn key_columns(batch: &RecordBatch, key: &[String], schema: &SchemaRef) -> Res<Vec<ArrayRef>> {
@@ -252,16 +197,10 @@ fn mark(
     Ok(marked)
 }
 
-/// Sends the rows of the new files: the upload, then what the touched files keep.
-fn produce(
-    staged: &Path,
-    columns: &[&str],
-    schema: &SchemaRef,
-    files: &[TableFile],
-    tx: &tokio::sync::mpsc::Sender<Res<RecordBatch>>,
-) -> Res<()> {
+/// Deals out the rows of the new files: the upload, then what the touched files keep.
+fn produce(staged: &Path, columns: &[&str], schema: &SchemaRef, files: &[TableFile], dealer: &mut Dealer) -> Res<()> {
     for batch in read_staged(staged, columns)? {
-        if tx.blocking_send(conform(&batch?, schema)).is_err() {
+        if !dealer.send(conform(&batch?, schema)?) {
             return Ok(());
         }
     }
@@ -275,7 +214,7 @@ fn produce(
                 (offset..offset + batch.num_rows()).map(|r| Some(marks[r / 64] & (1 << (r % 64)) == 0)).collect();
             offset += batch.num_rows();
             let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
-            if kept.num_rows() > 0 && tx.blocking_send(conform(&kept, schema)).is_err() {
+            if kept.num_rows() > 0 && !dealer.send(conform(&kept, schema)?) {
                 return Ok(());
             }
         }
@@ -295,19 +234,7 @@ pub(super) async fn upsert(
 ) -> Result<u64, LakeError> {
     let id = dataset.id.as_str();
     let state = table.snapshot().map_err(delta(id))?;
-    let table_schema = state.snapshot().arrow_schema();
-    let upload_schema = dataset.arrow_schema();
-
-    // The table's columns, then columns the catalogue added since the last push.
-    let mut fields: Vec<FieldRef> = table_schema.fields().iter().cloned().collect();
-    let mut widened = false;
-    for f in upload_schema.fields() {
-        if table_schema.field_with_name(f.name()).is_err() {
-            fields.push(Arc::new(Field::new(f.name(), f.data_type().clone(), true)));
-            widened = true;
-        }
-    }
-    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let (schema, widened) = push_schema(Some(&state.snapshot().arrow_schema()), dataset);
 
     let mut files: Vec<TableFile> = state
         .log_data()
@@ -328,59 +255,25 @@ pub(super) async fn upsert(
     let touched = files.iter().filter(|f| f.marks.is_some()).count();
     tracing::info!(marked, files = files.len(), touched, "upsert: rows matched");
 
-    let (num_indexed_cols, stats_columns) =
-        deltalake::operations::get_num_idx_cols_and_stats_columns(Some(state.table_config()), HashMap::new());
-    let config = WriterConfig::new(
-        schema.clone(),
-        Vec::new(),
-        Some(writer_properties(dataset)),
-        NonZeroU64::new(TARGET_FILE_BYTES),
-        None,
-        num_indexed_cols,
-        stats_columns,
-    );
-    let mut writer = DeltaWriter::new(table.log_store().object_store(None), config);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Res<RecordBatch>>(2);
+    let config = writer_config(dataset, schema.clone(), Some(table));
     let files = Arc::new(files);
-    let producer = {
+    let adds = {
         let (staged, schema, files) = (staged.to_path_buf(), schema.clone(), files.clone());
         let columns: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
-        tokio::task::spawn_blocking(move || {
+        write_files(id, table_dir, table.log_store().object_store(None), config, move |dealer| {
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            if let Err(e) = produce(&staged, &columns, &schema, &files, &tx) {
-                let _ = tx.blocking_send(Err(e));
-            }
+            produce(&staged, &columns, &schema, &files, dealer)
         })
+        .await?
     };
-    let mut failed = None;
-    while let Some(batch) = rx.recv().await {
-        let result = match batch {
-            Ok(b) => writer.write(&b).await.map_err(delta(id)),
-            Err(e) => Err(e.into_lake(id)),
-        };
-        if let Err(e) = result {
-            failed = Some(e);
-            break;
-        }
-    }
-    drop(rx);
-    let _ = producer.await;
-    if let Some(e) = failed {
-        let _ = writer.abort().await;
-        return Err(e);
-    }
-    let adds = writer.close().await.map_err(delta(id))?;
 
     let mut actions = Vec::with_capacity(adds.len() + touched + 1);
     if widened {
-        let kernel: StructType = schema
-            .as_ref()
-            .try_into_kernel()
-            .map_err(|e| delta(id)(deltalake::DeltaTableError::Generic(e.to_string())))?;
+        let kernel = kernel_schema(&schema, id)?;
         actions.push(Action::Metadata(state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?));
     }
     actions.extend(files.iter().filter(|f| f.marks.is_some()).map(|f| Action::Remove(f.remove.clone())));
-    let added: Vec<PathBuf> = adds.iter().map(|a| table_dir.join(&a.path)).collect();
+    let added = adds.clone();
     actions.extend(adds.into_iter().map(Action::Add));
     let on = dataset.primary_key.iter().map(|k| format!("target.{k} = source.{k}")).collect::<Vec<_>>().join(" AND ");
     let operation = DeltaOperation::Merge {
@@ -398,9 +291,7 @@ pub(super) async fn upsert(
         .await;
     if let Err(e) = committed {
         // The new files belong to no version: remove them now rather than at the next vacuum.
-        for path in added {
-            let _ = std::fs::remove_file(path);
-        }
+        remove_files(table_dir, &added);
         return Err(delta(id)(e));
     }
     Ok(marked)
@@ -410,7 +301,9 @@ pub(super) async fn upsert(
 mod tests {
     use super::*;
     use crate::lake::{Lake, PushInfo, WriteMode};
+    use crate::model::Dataset;
     use arrow::array::{Int64Array, StringArray, UInt64Array};
+    use arrow::datatypes::{Field, Schema};
 
     fn dataset() -> Dataset {
         let input: crate::model::NewDataset = serde_json::from_value(serde_json::json!({
