@@ -36,6 +36,12 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The receiver of the checked rows failed (see [`crate::stage_to`]).
+    #[error("writing the checked rows: {source}")]
+    Sink {
+        /// The receiver's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Arrow failed on data it produced itself (not the upload's fault).
     #[error("arrow: {source}")]
     Arrow {

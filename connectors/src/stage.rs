@@ -1,5 +1,8 @@
-//! Staging an upload: decode, convert and check every row, and write the
-//! valid rows to a local Arrow IPC file that the lake then commits in one go.
+//! Staging an upload: decode, convert and check every row, and hand the
+//! valid rows on as they are checked: to a [`RowSink`] (the lake's Parquet
+//! writers, [`stage_to`]), or to a local Arrow IPC file ([`stage`], which
+//! skip mode needs: repeated keys are only known at the end, and their rows
+//! are then taken out of the file).
 //!
 //! Everything streams batch by batch: memory holds one batch, the first
 //! errors, and one primary-key bucket at the end ([`crate::keys`]), whatever
@@ -56,8 +59,9 @@ pub struct RowError {
 /// The result of staging.
 #[derive(Debug)]
 pub struct Staged {
-    /// The staged rows: the dataset's columns plus [`ROW_COLUMN`], as an Arrow IPC file (removed on drop).
-    pub file: tempfile::TempPath,
+    /// The staged rows: the dataset's columns plus [`ROW_COLUMN`], as an Arrow
+    /// IPC file (removed on drop); `None` when they went to a [`RowSink`].
+    pub file: Option<tempfile::TempPath>,
     /// Data rows read from the upload.
     pub rows_read: u64,
     /// Rows staged for commit.
@@ -397,24 +401,106 @@ impl Rejects {
     }
 }
 
-/// Stages the upload at `input` for `dataset`.
+/// Receives the valid rows of an upload while it is checked: batches of the
+/// dataset's columns plus [`ROW_COLUMN`].
+pub trait RowSink {
+    /// Takes one batch.
+    fn write(&mut self, batch: &RecordBatch) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// The staging file as a sink.
+struct IpcSink(FileWriter<BufWriter<File>>);
+
+impl RowSink for IpcSink {
+    fn write(&mut self, batch: &RecordBatch) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.write(batch)?)
+    }
+}
+
+/// Stages the upload at `input` for `dataset` into an Arrow IPC file ([`Staged::file`]).
 pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOptions) -> Result<Staged> {
-    let columns = &dataset.columns;
     let schema = staging_schema(dataset);
-    let mut source = Source::open(input, format, columns)?;
     let staged = tempfile::Builder::new()
         .prefix("stage-")
         .suffix(".arrow")
         .tempfile_in(&opts.temp_dir)
         .map_err(|source| Error::Io { path: opts.temp_dir.clone(), source })?;
     let staged_path = staged.path().to_path_buf();
-    let mut writer = FileWriter::try_new(
+    let mut sink = IpcSink(FileWriter::try_new(
         BufWriter::with_capacity(
             1 << 20,
             staged.reopen().map_err(|source| Error::Io { path: staged_path.clone(), source })?,
         ),
         &schema,
-    )?;
+    )?);
+    let mut out = check(input, format, dataset, opts, &mut sink)?;
+    sink.0.finish()?;
+    drop(sink);
+    let mut file = staged.into_temp_path();
+    if opts.skip_invalid && !out.duplicates.is_empty() {
+        let (rewritten, dropped) = drop_rows(
+            &file,
+            &schema,
+            &out.duplicates.iter().map(|d| (d.row, d.first)).collect(),
+            out.rejects.as_mut(),
+            &dataset.primary_key.join(", "),
+            &opts.temp_dir,
+        )?;
+        file = rewritten;
+        out.staged.rows_valid -= dropped;
+        out.staged.rejected += dropped;
+    }
+    out.finish(Some(file))
+}
+
+/// Stages the upload at `input` for `dataset`, handing the valid rows to
+/// `sink` as they are checked. Every problem fails the upload (`on_error`
+/// skip needs [`stage`]); the sink's rows must then be thrown away.
+pub fn stage_to(
+    input: &Path,
+    format: Format,
+    dataset: &Dataset,
+    opts: &StageOptions,
+    sink: &mut dyn RowSink,
+) -> Result<Staged> {
+    let opts = StageOptions { skip_invalid: false, ..opts.clone() };
+    check(input, format, dataset, &opts, sink)?.finish(None)
+}
+
+/// What checking found, before the rejects file is closed.
+struct Checked {
+    staged: Staged,
+    problems: Problems,
+    duplicates: Vec<crate::keys::Duplicate>,
+    rejects: Option<Rejects>,
+}
+
+impl Checked {
+    fn finish(self, file: Option<tempfile::TempPath>) -> Result<Staged> {
+        let Checked { mut staged, mut problems, rejects, .. } = self;
+        problems.trim();
+        staged.rejects = match rejects {
+            Some(r) if staged.rejected > 0 => Some(r.finish()?),
+            _ => None,
+        };
+        staged.file = file;
+        staged.errors = problems.listed;
+        staged.error_count = problems.count;
+        Ok(staged)
+    }
+}
+
+/// Decodes, converts and checks every row, sending the valid ones to `sink`.
+fn check(
+    input: &Path,
+    format: Format,
+    dataset: &Dataset,
+    opts: &StageOptions,
+    sink: &mut dyn RowSink,
+) -> Result<Checked> {
+    let columns = &dataset.columns;
+    let schema = staging_schema(dataset);
+    let mut source = Source::open(input, format, columns)?;
     let pk: Vec<usize> = dataset.primary_key.iter().filter_map(|k| columns.iter().position(|c| &c.name == k)).collect();
     let converter =
         RowConverter::new(pk.iter().map(|i| SortField::new(columns[*i].column_type.arrow_type())).collect())?;
@@ -501,12 +587,10 @@ pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOption
                 keys.insert(key_rows.row(i).as_ref(), numbers.value(i))?;
             }
             rows_valid += batch.num_rows() as u64;
-            writer.write(&batch)?;
+            sink.write(&batch).map_err(|source| Error::Sink { source })?;
         }
         Ok(())
     })?;
-    writer.finish()?;
-    drop(writer);
 
     let key_names = dataset.primary_key.join(", ");
     let duplicates = keys.finish()?;
@@ -517,26 +601,20 @@ pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOption
             message: format!("duplicate primary key: row {} has the same key", dup.first),
         });
     }
-    let mut file = staged.into_temp_path();
-    if opts.skip_invalid && !duplicates.is_empty() {
-        let (rewritten, dropped) = drop_rows(
-            &file,
-            &schema,
-            &duplicates.iter().map(|d| (d.row, d.first)).collect(),
-            rejects.as_mut(),
-            &key_names,
-            &opts.temp_dir,
-        )?;
-        file = rewritten;
-        rows_valid -= dropped;
-        rejected += dropped;
-    }
-    problems.trim();
-    let rejects = match rejects {
-        Some(r) if rejected > 0 => Some(r.finish()?),
-        _ => None,
-    };
-    Ok(Staged { file, rows_read, rows_valid, rejected, errors: problems.listed, error_count: problems.count, rejects })
+    Ok(Checked {
+        staged: Staged {
+            file: None,
+            rows_read,
+            rows_valid,
+            rejected,
+            errors: Vec::new(),
+            error_count: 0,
+            rejects: None,
+        },
+        problems,
+        duplicates,
+        rejects,
+    })
 }
 
 /// Rewrites a staging file without the rows in `drop` (row → first row with its key), writing them to `rejects`.

@@ -28,6 +28,8 @@ use crate::model::Dataset;
 mod upsert;
 mod write;
 
+pub use write::{PushFiles, PushWriter};
+
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -238,36 +240,66 @@ impl Lake {
         deltalake::open_table_with_version(url, delta_version).await.map_err(delta(&dataset.id))
     }
 
-    /// Commits the staged Arrow IPC file as one push. Callers hold [`Lake::write_lock`].
-    ///
-    /// `columns` are the staged file's columns to write (the dataset's columns;
-    /// any others, such as row numbers, are left out).
+    /// Parquet writers for a push's rows: feed them while the upload is
+    /// checked, then [`PushWriter::finish`] and [`Lake::commit`]. Must be
+    /// called within the Tokio runtime.
+    pub fn writer(&self, dataset: &Dataset) -> Result<PushWriter, LakeError> {
+        Ok(PushWriter::start(dataset, self.table_path(dataset), self.store(dataset)?))
+    }
+
+    /// Writes a staged Arrow IPC file's rows (the dataset's columns) as a push's files.
+    pub async fn write_staged(&self, dataset: &Dataset, staged: &Path) -> Result<PushFiles, LakeError> {
+        write::write_staged(dataset, &self.table_path(dataset), self.store(dataset)?, staged).await
+    }
+
+    fn store(&self, dataset: &Dataset) -> Result<deltalake::logstore::ObjectStoreRef, LakeError> {
+        let table = deltalake::DeltaTableBuilder::from_url(self.url(dataset)?)
+            .and_then(|b| b.build())
+            .map_err(delta(&dataset.id))?;
+        Ok(table.log_store().object_store(None))
+    }
+
+    /// Commits a push's files as one version. Callers hold [`Lake::write_lock`].
+    /// On failure the files are removed.
     #[tracing::instrument(skip_all, fields(dataset = %dataset.id, version = info.version, mode = info.mode.as_str()))]
-    pub async fn commit(&self, dataset: &Dataset, staged: &Path, info: PushInfo) -> Result<Committed, LakeError> {
+    pub async fn commit(&self, dataset: &Dataset, files: PushFiles, info: PushInfo) -> Result<Committed, LakeError> {
         let id = dataset.id.as_str();
-        let current = self.open(dataset).await?;
-        let before = match &current {
-            Some(t) => file_set(t, id)?,
-            None => HashSet::new(),
+        let prepared = async {
+            let current = self.open(dataset).await?;
+            let before = match &current {
+                Some(t) => file_set(t, id)?,
+                None => HashSet::new(),
+            };
+            let metadata = serde_json::to_value(&info)
+                .map_err(|e| LakeError::Io { path: self.table_path(dataset), source: e.into() })?;
+            Ok::<_, LakeError>((current, before, metadata))
         };
-        let metadata =
-            serde_json::to_value(&info).map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: e.into() })?;
+        let (current, before, metadata) = match prepared.await {
+            Ok(p) => p,
+            Err(e) => {
+                files.discard();
+                return Err(e);
+            }
+        };
         let app = HashMap::from([(INFO_KEY.to_string(), metadata)]);
         let table_dir = self.table_path(dataset);
         match (current, info.mode) {
             (Some(table), WriteMode::Upsert) => {
-                let rows = u64::try_from(info.rows_written).unwrap_or(0);
-                upsert::upsert(&table_dir, dataset, &table, staged, rows, app).await?;
+                upsert::upsert(&table_dir, dataset, &table, files, app).await?;
             }
             (current, mode) => {
                 let table = match current {
                     Some(t) => t,
-                    // A new table: created by this first write's commit.
-                    None => deltalake::DeltaTableBuilder::from_url(self.url(dataset)?)
-                        .and_then(|b| b.build())
-                        .map_err(delta(id))?,
+                    // A new table: created by this first push's commit.
+                    None => match deltalake::DeltaTableBuilder::from_url(self.url(dataset)?).and_then(|b| b.build()) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            files.discard();
+                            return Err(delta(id)(e));
+                        }
+                    },
                 };
-                write::write(&table_dir, dataset, table, staged, mode, app).await?;
+                write::commit_files(dataset, table, files, mode, app).await?;
             }
         }
         let table = self.open(dataset).await?.ok_or_else(|| LakeError::Conflict { dataset: id.to_string() })?;

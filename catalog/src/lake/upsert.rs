@@ -29,10 +29,7 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use serde_json::Value;
 
-use super::write::{
-    Dealer, ReadError, ReadResult, conform, kernel_schema, push_schema, read_staged, remove_files, write_files,
-    writer_config,
-};
+use super::write::{PushFiles, PushWriter, ReadError, ReadResult, kernel_schema, push_schema, write_files};
 use super::{LakeError, delta};
 use crate::model::Dataset;
 
@@ -148,7 +145,7 @@ fn key_columns(batch: &RecordBatch, key: &[String], schema: &SchemaRef) -> Res<V
 /// Marks, in each table file, the rows whose key the upload carries.
 /// Returns how many rows were marked.
 fn mark(
-    staged: &Path,
+    upload: &[PathBuf],
     upload_rows: u64,
     pass_keys: u64,
     key: &[String],
@@ -159,15 +156,19 @@ fn mark(
         key.iter().map(|k| schema.field_with_name(k).map(|f| Arc::new(f.clone()))).collect::<Result<_, _>>()?;
     let hasher = KeyHasher::new(&key_fields)?;
     let passes = upload_rows.div_ceil(pass_keys.max(1)).max(1);
-    let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
     let mut marked = 0u64;
     for pass in 0..passes {
         let mut hashes = Vec::new();
-        for batch in read_staged(staged, &key_refs)? {
-            let batch = batch?;
-            hashes.extend(
-                hasher.hashes(&key_columns(&batch, key, schema)?)?.into_iter().filter(|h| pass_of(*h, passes) == pass),
-            );
+        for path in upload {
+            for batch in read_file(path, Some(key))?.1 {
+                let batch = batch?;
+                hashes.extend(
+                    hasher
+                        .hashes(&key_columns(&batch, key, schema)?)?
+                        .into_iter()
+                        .filter(|h| pass_of(*h, passes) == pass),
+                );
+            }
         }
         if hashes.is_empty() {
             continue;
@@ -197,39 +198,48 @@ fn mark(
     Ok(marked)
 }
 
-/// Deals out the rows of the new files: the upload, then what the touched files keep.
-fn produce(staged: &Path, columns: &[&str], schema: &SchemaRef, files: &[TableFile], dealer: &mut Dealer) -> Res<()> {
-    for batch in read_staged(staged, columns)? {
-        if !dealer.send(conform(&batch?, schema)?) {
-            return Ok(());
-        }
-    }
+/// Writes what the touched files keep.
+fn rewrite(files: &[TableFile], writer: &mut PushWriter, id: &str) -> Result<(), LakeError> {
     for file in files {
         let Some(marks) = &file.marks else { continue };
-        let (_, batches) = read_file(&file.path, None)?;
+        let (_, batches) = read_file(&file.path, None).map_err(|e| e.into_lake(id))?;
         let mut offset = 0usize;
         for batch in batches {
-            let batch = batch?;
+            let batch = batch.map_err(|e| e.into_lake(id))?;
             let keep: BooleanArray =
                 (offset..offset + batch.num_rows()).map(|r| Some(marks[r / 64] & (1 << (r % 64)) == 0)).collect();
             offset += batch.num_rows();
-            let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
-            if kept.num_rows() > 0 && !dealer.send(conform(&kept, schema)?) {
-                return Ok(());
+            let kept =
+                arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| ReadError::from(e).into_lake(id))?;
+            if kept.num_rows() > 0 {
+                writer.write(&kept)?;
             }
         }
     }
     Ok(())
 }
 
-/// Upserts the staged upload into `table` as one commit; returns the rows
-/// the upload replaced.
+/// Upserts the upload's files into `table` as one commit; returns the rows
+/// the upload replaced. On failure the upload's files are removed.
 pub(super) async fn upsert(
     table_dir: &Path,
     dataset: &Dataset,
     table: &DeltaTable,
-    staged: &Path,
-    upload_rows: u64,
+    upload: PushFiles,
+    app_metadata: HashMap<String, Value>,
+) -> Result<u64, LakeError> {
+    let result = upsert_files(table_dir, dataset, table, &upload, app_metadata).await;
+    if result.is_err() {
+        upload.discard();
+    }
+    result
+}
+
+async fn upsert_files(
+    table_dir: &Path,
+    dataset: &Dataset,
+    table: &DeltaTable,
+    upload: &PushFiles,
     app_metadata: HashMap<String, Value>,
 ) -> Result<u64, LakeError> {
     let id = dataset.id.as_str();
@@ -243,38 +253,36 @@ pub(super) async fn upsert(
         .collect();
 
     let key = dataset.primary_key.clone();
+    let upload_paths: Vec<PathBuf> = upload.adds.iter().map(|a| table_dir.join(&a.path)).collect();
+    let upload_rows = upload.rows();
     let (marked, files) = {
-        let (path, schema) = (staged.to_path_buf(), schema.clone());
+        let schema = Arc::new(dataset.arrow_schema());
         tokio::task::spawn_blocking(move || {
-            mark(&path, upload_rows, PASS_KEYS, &key, &schema, &mut files).map(|m| (m, files))
+            mark(&upload_paths, upload_rows, PASS_KEYS, &key, &schema, &mut files).map(|m| (m, files))
         })
         .await
-        .map_err(|e| LakeError::Io { path: staged.to_path_buf(), source: std::io::Error::other(e) })?
+        .map_err(|e| LakeError::Io { path: table_dir.to_path_buf(), source: std::io::Error::other(e) })?
         .map_err(|e| e.into_lake(id))?
     };
     let touched = files.iter().filter(|f| f.marks.is_some()).count();
     tracing::info!(marked, files = files.len(), touched, "upsert: rows matched");
 
-    let config = writer_config(dataset, schema.clone(), Some(table));
     let files = Arc::new(files);
-    let adds = {
-        let (staged, schema, files) = (staged.to_path_buf(), schema.clone(), files.clone());
-        let columns: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
-        write_files(id, table_dir, table.log_store().object_store(None), config, move |dealer| {
-            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            produce(&staged, &columns, &schema, &files, dealer)
+    let rewritten = {
+        let (files, owner) = (files.clone(), id.to_string());
+        write_files(dataset, table_dir, table.log_store().object_store(None), move |writer| {
+            rewrite(&files, writer, &owner)
         })
         .await?
     };
 
-    let mut actions = Vec::with_capacity(adds.len() + touched + 1);
+    let mut actions = Vec::with_capacity(upload.adds.len() + rewritten.adds.len() + touched + 1);
     if widened {
         let kernel = kernel_schema(&schema, id)?;
         actions.push(Action::Metadata(state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?));
     }
     actions.extend(files.iter().filter(|f| f.marks.is_some()).map(|f| Action::Remove(f.remove.clone())));
-    let added = adds.clone();
-    actions.extend(adds.into_iter().map(Action::Add));
+    actions.extend(upload.adds.iter().chain(&rewritten.adds).cloned().map(Action::Add));
     let on = dataset.primary_key.iter().map(|k| format!("target.{k} = source.{k}")).collect::<Vec<_>>().join(" AND ");
     let operation = DeltaOperation::Merge {
         predicate: None,
@@ -290,8 +298,7 @@ pub(super) async fn upsert(
         .build(Some(state), table.log_store(), operation)
         .await;
     if let Err(e) = committed {
-        // The new files belong to no version: remove them now rather than at the next vacuum.
-        remove_files(table_dir, &added);
+        rewritten.discard();
         return Err(delta(id)(e));
     }
     Ok(marked)
@@ -352,14 +359,16 @@ mod tests {
         let ds = dataset();
         for i in 0..3u64 {
             let f = staged(dir.path(), &format!("base{i}"), &ds, i * 1000..(i + 1) * 1000, 0);
-            lake.commit(&ds, &f, info(i as i64 + 1, WriteMode::Append, 1000)).await.expect("append");
+            let files = lake.write_staged(&ds, &f).await.expect("write");
+            lake.commit(&ds, files, info(i as i64 + 1, WriteMode::Append, 1000)).await.expect("append");
         }
         let before = lake.open(&ds).await.expect("open").expect("table");
         let before_files = super::super::file_set(&before, "gongan.people").expect("files");
 
         // Keys 1500..4500: half of the second file, all of the third, 1500 new.
         let up = staged(dir.path(), "up", &ds, 1500..4500, 1);
-        let c = lake.commit(&ds, &up, info(4, WriteMode::Upsert, 3000)).await.expect("upsert");
+        let files = lake.write_staged(&ds, &up).await.expect("write");
+        let c = lake.commit(&ds, files, info(4, WriteMode::Upsert, 3000)).await.expect("upsert");
         assert_eq!(c.row_count, 4500);
         assert_eq!(c.delta_version, 3, "one commit");
         let rows = lake.read(&ds, c.delta_version).await.expect("read");
@@ -389,7 +398,8 @@ mod tests {
         let ds = dataset();
         for i in 0..2u64 {
             let f = staged(dir.path(), &format!("base{i}"), &ds, i * 5000..(i + 1) * 5000, 0);
-            lake.commit(&ds, &f, info(i as i64 + 1, WriteMode::Append, 5000)).await.expect("append");
+            let files = lake.write_staged(&ds, &f).await.expect("write");
+            lake.commit(&ds, files, info(i as i64 + 1, WriteMode::Append, 5000)).await.expect("append");
         }
         let table = lake.open(&ds).await.expect("open").expect("table");
         let state = table.snapshot().expect("snapshot");
@@ -407,10 +417,13 @@ mod tests {
                 .collect()
         };
         let up = staged(dir.path(), "up", &ds, 4000..7000, 1);
+        let upload = lake.write_staged(&ds, &up).await.expect("write");
+        let paths: Vec<PathBuf> = upload.adds.iter().map(|a| table_dir.join(&a.path)).collect();
         let key = vec!["id".to_string()];
         let (mut one, mut many) = (files(), files());
-        assert_eq!(mark(&up, 3000, PASS_KEYS, &key, &schema, &mut one).expect("one pass"), 3000);
-        assert_eq!(mark(&up, 3000, 700, &key, &schema, &mut many).expect("five passes"), 3000);
+        assert_eq!(mark(&paths, 3000, PASS_KEYS, &key, &schema, &mut one).expect("one pass"), 3000);
+        assert_eq!(mark(&paths, 3000, 700, &key, &schema, &mut many).expect("five passes"), 3000);
+        upload.discard();
         let bits = |f: &[TableFile]| -> Vec<Option<Vec<u64>>> { f.iter().map(|f| f.marks.clone()).collect() };
         assert_eq!(bits(&one), bits(&many));
         let set: u32 = one.iter().flat_map(|f| f.marks.iter().flatten()).map(|w| w.count_ones()).sum();

@@ -1,10 +1,12 @@
 //! Writing a push's data files, and committing them as one Delta version.
 //!
-//! A producer on a blocking thread reads batches (the staged upload, or the
-//! rows an upsert keeps) and deals them out to [`WRITERS`] Parquet writers,
-//! each on its own blocking thread, so encoding and compression use every
-//! core. The writers return add actions with statistics; the caller commits
-//! them, with whatever files they replace, in one transaction.
+//! A push's rows reach [`WRITERS`] Parquet writers, each on its own blocking
+//! thread, while the upload is still being checked ([`PushWriter`]), so
+//! decoding, checking, encoding and compression overlap on every core. The
+//! files belong to no version until [`commit_files`] commits their add
+//! actions, with whatever files they replace, in one transaction; a push
+//! that fails removes them (files of a push killed midway are removed by
+//! the next vacuum).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -107,11 +109,10 @@ pub(super) fn kernel_schema(schema: &SchemaRef, id: &str) -> Result<StructType, 
     schema.as_ref().try_into_kernel().map_err(|e| delta(id)(DeltaTableError::Generic(e.to_string())))
 }
 
-/// A writer's configuration for `schema`, with the table's statistics settings.
-pub(super) fn writer_config(dataset: &Dataset, schema: SchemaRef, table: Option<&DeltaTable>) -> WriterConfig {
-    let properties = table.and_then(|t| t.snapshot().ok()).map(|s| s.table_config());
+/// A writer's configuration for `schema` (statistics on the first 32 columns, Delta's default).
+fn writer_config(dataset: &Dataset, schema: SchemaRef) -> WriterConfig {
     let (num_indexed_cols, stats_columns) =
-        deltalake::operations::get_num_idx_cols_and_stats_columns(properties, HashMap::new());
+        deltalake::operations::get_num_idx_cols_and_stats_columns(None, HashMap::new());
     WriterConfig::new(
         schema,
         Vec::new(),
@@ -137,54 +138,143 @@ impl Dealer {
     }
 }
 
-/// Runs `produce` on a blocking thread, writing what it deals out with
-/// [`WRITERS`] Parquet writers; returns the add actions of the new files.
-/// On failure no file is left behind.
-pub(super) async fn write_files<F>(
-    id: &str,
-    table_dir: &Path,
-    store: deltalake::logstore::ObjectStoreRef,
-    config: WriterConfig,
-    produce: F,
-) -> Result<Vec<Add>, LakeError>
-where
-    F: FnOnce(&mut Dealer) -> ReadResult<()> + Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    let mut senders = Vec::with_capacity(WRITERS);
-    let mut writers = Vec::with_capacity(WRITERS);
-    for _ in 0..WRITERS {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
-        senders.push(tx);
-        let (store, config, handle) = (store.clone(), config.clone(), handle.clone());
-        writers.push(tokio::task::spawn_blocking(move || {
-            let mut writer = DeltaWriter::new(store, config);
-            while let Some(batch) = rx.blocking_recv() {
-                if let Err(e) = handle.block_on(writer.write(&batch)) {
-                    let _ = handle.block_on(writer.abort());
-                    return Err(e);
-                }
-            }
-            handle.block_on(writer.close())
-        }));
+/// Parquet writers taking a push's rows while they are produced.
+pub struct PushWriter {
+    id: String,
+    table_dir: PathBuf,
+    schema: SchemaRef,
+    dealer: Dealer,
+    writers: Vec<tokio::task::JoinHandle<deltalake::DeltaResult<Vec<Add>>>>,
+}
+
+impl std::fmt::Debug for PushWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushWriter").field("dataset", &self.id).finish_non_exhaustive()
     }
-    let producer = tokio::task::spawn_blocking(move || produce(&mut Dealer { senders, next: 0 }));
-    let joined =
-        |e: tokio::task::JoinError| LakeError::Io { path: table_dir.to_path_buf(), source: std::io::Error::other(e) };
-    let produced = producer.await.map_err(joined).and_then(|r| r.map_err(|e| e.into_lake(id)));
-    let mut adds = Vec::new();
-    let mut failed = produced.err();
-    for w in writers {
-        match w.await.map_err(joined).and_then(|r| r.map_err(delta(id))) {
-            Ok(a) => adds.extend(a),
-            Err(e) => failed = failed.or(Some(e)),
+}
+
+impl PushWriter {
+    /// Writers of new files of `dataset` (with the dataset's columns) under `table_dir`.
+    /// Must be called within the Tokio runtime.
+    pub(super) fn start(dataset: &Dataset, table_dir: PathBuf, store: deltalake::logstore::ObjectStoreRef) -> Self {
+        let schema: SchemaRef = Arc::new(dataset.arrow_schema());
+        let config = writer_config(dataset, schema.clone());
+        let handle = tokio::runtime::Handle::current();
+        let mut senders = Vec::with_capacity(WRITERS);
+        let mut writers = Vec::with_capacity(WRITERS);
+        for _ in 0..WRITERS {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+            senders.push(tx);
+            let (store, config, handle) = (store.clone(), config.clone(), handle.clone());
+            writers.push(tokio::task::spawn_blocking(move || {
+                let mut writer = DeltaWriter::new(store, config);
+                while let Some(batch) = rx.blocking_recv() {
+                    if let Err(e) = handle.block_on(writer.write(&batch)) {
+                        let _ = handle.block_on(writer.abort());
+                        return Err(e);
+                    }
+                }
+                handle.block_on(writer.close())
+            }));
+        }
+        Self { id: dataset.id.clone(), table_dir, schema, dealer: Dealer { senders, next: 0 }, writers }
+    }
+
+    /// Writes a batch holding (at least) the dataset's columns; blocks while
+    /// the writers are busy. Call from a blocking thread, never the runtime.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        let batch = conform(batch, &self.schema).map_err(|e| e.into_lake(&self.id))?;
+        if self.dealer.send(batch) {
+            Ok(())
+        } else {
+            // A writer stopped: `finish` reports why.
+            Err(LakeError::Io {
+                path: self.table_dir.clone(),
+                source: std::io::Error::other("a data file writer stopped"),
+            })
         }
     }
-    if let Some(e) = failed {
-        remove_files(table_dir, &adds);
-        return Err(e);
+
+    /// Closes the files; their add actions, for [`commit_files`].
+    pub async fn finish(self) -> Result<PushFiles, LakeError> {
+        let Self { id, table_dir, dealer, writers, .. } = self;
+        drop(dealer);
+        let mut adds = Vec::new();
+        let mut failed = None;
+        for w in writers {
+            let joined =
+                w.await.map_err(|e| LakeError::Io { path: table_dir.clone(), source: std::io::Error::other(e) });
+            match joined.and_then(|r| r.map_err(delta(&id))) {
+                Ok(a) => adds.extend(a),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            remove_files(&table_dir, &adds);
+            return Err(e);
+        }
+        Ok(PushFiles { table_dir, adds })
     }
-    Ok(adds)
+
+    /// Stops and removes every file written.
+    pub async fn abort(self) {
+        if let Ok(files) = self.finish().await {
+            files.discard();
+        }
+    }
+}
+
+/// A push's data files, written and not yet committed.
+#[derive(Debug)]
+#[must_use = "commit the files or discard them"]
+pub struct PushFiles {
+    table_dir: PathBuf,
+    pub(super) adds: Vec<Add>,
+}
+
+impl PushFiles {
+    /// Removes the files (a push that will not commit them).
+    pub fn discard(self) {
+        remove_files(&self.table_dir, &self.adds);
+    }
+
+    /// Rows in the files.
+    pub fn rows(&self) -> u64 {
+        self.adds.iter().filter_map(|a| a.get_stats().ok().flatten()).map(|s| s.num_records.max(0) as u64).sum()
+    }
+}
+
+/// Writes what `produce` deals out (on a blocking thread) into new files.
+pub(super) async fn write_files<F>(
+    dataset: &Dataset,
+    table_dir: &Path,
+    store: deltalake::logstore::ObjectStoreRef,
+    produce: F,
+) -> Result<PushFiles, LakeError>
+where
+    F: FnOnce(&mut PushWriter) -> Result<(), LakeError> + Send + 'static,
+{
+    let mut writer = PushWriter::start(dataset, table_dir.to_path_buf(), store);
+    let produced = tokio::task::spawn_blocking(move || {
+        let result = produce(&mut writer);
+        (writer, result)
+    })
+    .await;
+    let (writer, result) =
+        produced.map_err(|e| LakeError::Io { path: table_dir.to_path_buf(), source: std::io::Error::other(e) })?;
+    match result {
+        Ok(()) => writer.finish().await,
+        Err(e) => {
+            // The writer's own failure, when it has one, is the cause.
+            match writer.finish().await {
+                Ok(files) => {
+                    files.discard();
+                    Err(e)
+                }
+                Err(cause) => Err(cause),
+            }
+        }
+    }
 }
 
 /// Deletes data files no version refers to (a push that failed before or at its commit).
@@ -194,76 +284,80 @@ pub(super) fn remove_files(table_dir: &Path, adds: &[Add]) {
     }
 }
 
-/// Appends or replaces: the staged upload becomes new files, committed with
-/// the table's new schema (a new table is created by this commit).
-pub(super) async fn write(
+/// The staged upload's rows (skip mode) as new files.
+pub(super) async fn write_staged(
+    dataset: &Dataset,
     table_dir: &Path,
+    store: deltalake::logstore::ObjectStoreRef,
+    staged: &Path,
+) -> Result<PushFiles, LakeError> {
+    let staged = staged.to_path_buf();
+    let columns: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
+    let id = dataset.id.clone();
+    write_files(dataset, table_dir, store, move |writer| {
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        for batch in read_staged(&staged, &columns).map_err(|e| e.into_lake(&id))? {
+            writer.write(&batch.map_err(|e| e.into_lake(&id))?)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Commits a push's files as an append or a replace (creating the table on
+/// its first push). On failure the files are removed.
+pub(super) async fn commit_files(
     dataset: &Dataset,
     table: DeltaTable,
-    staged: &Path,
+    files: PushFiles,
     mode: WriteMode,
     app_metadata: HashMap<String, Value>,
 ) -> Result<(), LakeError> {
     let id = dataset.id.as_str();
-    let exists = table.version().is_some();
-    let state = if exists { Some(table.snapshot().map_err(delta(id))?) } else { None };
+    let state = if table.version().is_some() { Some(table.snapshot().map_err(delta(id))?) } else { None };
     let table_schema = state.map(|s| s.snapshot().arrow_schema());
     let (schema, widened) = push_schema(table_schema.as_ref(), dataset);
-    let config = writer_config(dataset, schema.clone(), exists.then_some(&table));
-    let adds = {
-        let (staged, schema) = (staged.to_path_buf(), schema.clone());
-        let columns: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
-        write_files(id, table_dir, table.log_store().object_store(None), config, move |dealer| {
-            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            for batch in read_staged(&staged, &columns)? {
-                if !dealer.send(conform(&batch?, &schema)?) {
-                    break;
-                }
-            }
-            Ok(())
-        })
-        .await?
-    };
-    let added = adds.clone();
+    let adds: Vec<Action> = files.adds.iter().cloned().map(Action::Add).collect();
     let committed = match state {
-        None => table
-            .create()
-            .with_table_name(&dataset.name)
-            .with_columns(kernel_schema(&schema, id)?.fields().cloned())
-            // Compaction reads the target size from the table.
-            .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
-            .with_actions(adds.into_iter().map(Action::Add))
-            .with_commit_properties(CommitProperties::default().with_metadata(app_metadata).with_max_retries(0))
-            .await
-            .map(|_| ()),
+        None => match kernel_schema(&schema, id) {
+            Ok(kernel) => table
+                .create()
+                .with_table_name(&dataset.name)
+                .with_columns(kernel.fields().cloned())
+                // Compaction reads the target size from the table.
+                .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
+                .with_actions(adds)
+                .with_commit_properties(CommitProperties::default().with_metadata(app_metadata).with_max_retries(0))
+                .await
+                .map(|_| ())
+                .map_err(delta(id)),
+            Err(e) => Err(e),
+        },
         Some(state) => {
             let mut actions = Vec::with_capacity(adds.len() + 1);
             if widened {
                 let kernel = kernel_schema(&schema, id)?;
-                actions.push(Action::Metadata(
-                    state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?,
-                ));
+                let metadata = state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?;
+                actions.push(Action::Metadata(metadata));
             }
             if mode == WriteMode::Replace {
                 actions.extend(state.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
             }
-            actions.extend(adds.into_iter().map(Action::Add));
+            actions.extend(adds);
             let save = if mode == WriteMode::Replace { SaveMode::Overwrite } else { SaveMode::Append };
+            let operation = DeltaOperation::Write { mode: save, partition_by: None, predicate: None };
             CommitBuilder::default()
                 .with_actions(actions)
                 .with_app_metadata(app_metadata)
                 .with_max_retries(0)
-                .build(
-                    Some(state),
-                    table.log_store(),
-                    DeltaOperation::Write { mode: save, partition_by: None, predicate: None },
-                )
+                .build(Some(state), table.log_store(), operation)
                 .await
                 .map(|_| ())
+                .map_err(delta(id))
         }
     };
-    committed.map_err(|e| {
-        remove_files(table_dir, &added);
-        delta(id)(e)
-    })
+    if committed.is_err() {
+        files.discard();
+    }
+    committed
 }

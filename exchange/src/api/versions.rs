@@ -111,6 +111,15 @@ async fn spool(body: Body, dir: &std::path::Path, limit: u64) -> ApiResult<(temp
     Ok((path, total))
 }
 
+/// The lake's Parquet writers as the receiver of checked rows.
+struct LakeSink<'a>(&'a mut gdx_catalog::lake::PushWriter);
+
+impl gdx_connectors::RowSink for LakeSink<'_> {
+    fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.0.write(batch)?)
+    }
+}
+
 fn connector_error(e: gdx_connectors::Error) -> ApiError {
     use gdx_connectors::Error as E;
     match e {
@@ -177,14 +186,30 @@ pub async fn push(
     let opts = StageOptions { skip_invalid: skip, temp_dir: tmp_dir };
     let staging_started = std::time::Instant::now();
     let ds = dataset.clone();
-    let staged = tokio::task::spawn_blocking(move || {
-        let staged = gdx_connectors::stage(&upload, format, &ds, &opts);
+    // Reject mode: the checked rows go straight to the lake's Parquet writers
+    // (their files join no version unless the push commits). Skip mode: to a
+    // staging file first, as rows with repeated keys are only known at the end.
+    let writer = if skip { None } else { Some(state.lake.writer(&dataset).map_err(|e| ApiError::internal(&e))?) };
+    let (staged, writer) = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        let staged = match writer.as_mut() {
+            Some(w) => gdx_connectors::stage_to(&upload, format, &ds, &opts, &mut LakeSink(w)),
+            None => gdx_connectors::stage(&upload, format, &ds, &opts),
+        };
         drop(upload);
-        staged
+        (staged, writer)
     })
     .await
-    .map_err(|e| ApiError::internal(&e))?
-    .map_err(connector_error)?;
+    .map_err(|e| ApiError::internal(&e))?;
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(w) = writer {
+                w.abort().await;
+            }
+            return Err(connector_error(e));
+        }
+    };
     tracing::info!(
         dataset = %id,
         rows = staged.rows_read,
@@ -194,21 +219,37 @@ pub async fn push(
         "upload checked"
     );
     if !staged.committable(skip) {
+        if let Some(w) = writer {
+            w.abort().await;
+        }
         let detail = format!(
             "{} problem(s) in {} row(s) read; nothing was committed (on_error=skip commits the valid rows)",
             staged.error_count, staged.rows_read
         );
         return Err(ApiError::rows(staged.errors, staged.error_count, detail));
     }
+    let files = match (writer, &staged.file) {
+        (Some(w), _) => w.finish().await,
+        (None, Some(file)) => state.lake.write_staged(&dataset, file).await,
+        (None, None) => return Err(ApiError::internal(&"staging produced no rows file")),
+    }
+    .map_err(|e| ApiError::internal(&e))?;
 
     let lock = state.lake.write_lock(&id);
     let _guard = lock.lock().await;
     if let Some(k) = &key
         && let Some(v) = state.catalog.store().version_by_idempotency_key(&id, k).await?
     {
+        files.discard();
         return Ok((StatusCode::CREATED, axum::Json(PushResult::from(&v))));
     }
-    let current = state.catalog.store().dataset(&id).await?;
+    let current = match state.catalog.store().dataset(&id).await {
+        Ok(c) => c,
+        Err(e) => {
+            files.discard();
+            return Err(e.into());
+        }
+    };
     let next = current.current_version.unwrap_or(0) + 1;
     let info = PushInfo {
         version: next,
@@ -218,12 +259,12 @@ pub async fn push(
         committed_by: caller.principal.id.clone(),
         idempotency_key: key.clone(),
     };
-    let committed = state.lake.commit(&current, &staged.file, info).await.map_err(|e| match e {
+    let committed = state.lake.commit(&current, files, info).await.map_err(|e| match e {
         LakeError::Conflict { .. } => ApiError::new(error::CONFLICT, e.to_string()),
         LakeError::ResourcesExhausted { .. } => ApiError::new(
             error::RESOURCES_EXHAUSTED,
-            "the upsert is too large to merge within the server's memory for one commit; nothing was committed: \
-             push it in smaller files, or use mode=replace",
+            "the push needs more memory than the server gives one commit; nothing was committed: \
+             push it in smaller files",
         ),
         other => ApiError::internal(&other),
     })?;

@@ -171,6 +171,12 @@ async fn a_bad_file_commits_nothing_and_lists_its_problems() {
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(p["errors"][0]["row"], 2, "{p}");
     assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("duplicate")), "{p}");
+    // The valid first row reached a data file while the upload was checked: it is gone again.
+    let table = s.data_dir().join("lake/gongan/population");
+    let data_files = std::fs::read_dir(&table)
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "parquet")).count())
+        .unwrap_or(0);
+    assert_eq!(data_files, 0, "files of a refused push are removed");
 
     // Unknown and missing columns, ragged rows, unknown formats and modes.
     let (code, p) = s.upload(PATH, &st, "text/csv", b"id_number,nmae\nx,y\n".to_vec(), &[]).await;
@@ -341,7 +347,8 @@ async fn after_a_crash_the_catalogue_catches_up_with_the_delta_log() {
         committed_by: "st".into(),
         idempotency_key: None,
     };
-    lake.commit(&dataset, &staged.file, info).await.expect("commit");
+    let files = lake.write_staged(&dataset, staged.file.as_ref().expect("staging file")).await.expect("files");
+    lake.commit(&dataset, files, info).await.expect("commit");
     // And one killed before its commit: an upload in the temporary folder.
     std::fs::write(s.data_dir().join("tmp/upload-killed"), b"half a file").expect("write");
 
