@@ -18,4 +18,4 @@ pub mod transcode;
 
 pub use error::{Error, Result};
 pub use format::{Charset, Format};
-pub use stage::{ROW_COLUMN, RowError, RowSink, StageOptions, Staged, stage, stage_to, staging_schema};
+pub use stage::{Input, ROW_COLUMN, RowError, RowSink, StageOptions, Staged, stage, stage_to, staging_schema};

@@ -166,11 +166,38 @@ fn malformed(format: Format, row: Option<u64>, message: impl Into<String>) -> Er
     Error::Malformed { format: format.name(), row, message: message.into() }
 }
 
+/// Where an upload is read from.
+pub enum Input {
+    /// A file on disk (any format).
+    Path(PathBuf),
+    /// A byte stream read as it arrives (CSV, NDJSON and Arrow IPC streams;
+    /// Parquet needs its footer first, so a file).
+    Stream(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            Input::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+impl Input {
+    fn reader(self) -> Result<Box<dyn Read + Send>> {
+        match self {
+            Input::Path(p) => Ok(Box::new(open(&p)?)),
+            Input::Stream(r) => Ok(r),
+        }
+    }
+}
+
 impl Source {
-    fn open(path: &Path, format: Format, columns: &[Column]) -> Result<Self> {
-        let file = open(path)?;
+    fn open(input: Input, format: Format, columns: &[Column]) -> Result<Self> {
         match format {
             Format::Csv(charset) => {
+                let file = input.reader()?;
                 let inner: Box<dyn Read + Send> = match charset {
                     Charset::Utf8 => Box::new(Transcode::new(file, encoding_rs::UTF_8)),
                     Charset::Gbk => Box::new(Transcode::new(file, encoding_rs::GBK)),
@@ -203,13 +230,16 @@ impl Source {
                 Ok(Source::Csv { reader: Box::new(reader), map, next_row: 1 })
             }
             Format::Ndjson => Ok(Source::Ndjson {
-                lines: Box::new(BufReader::with_capacity(1 << 16, file)),
+                lines: Box::new(BufReader::with_capacity(1 << 16, input.reader()?)),
                 columns: columns.iter().map(|c| c.name.clone()).collect(),
                 line: 0,
                 eof: false,
             }),
             Format::Parquet => {
-                let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                let Input::Path(path) = input else {
+                    return Err(Error::Unsupported { message: "a Parquet upload is read from a file".into() });
+                };
+                let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
                     .map_err(|e| malformed(format, None, e.to_string()))?;
                 let names: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
                 let map = map_columns(columns, &names)?;
@@ -218,8 +248,9 @@ impl Source {
                 Ok(Source::Batches { iter: Box::new(reader), map, next_row: 1, format })
             }
             Format::ArrowStream => {
-                let reader = arrow::ipc::reader::StreamReader::try_new(BufReader::with_capacity(1 << 16, file), None)
-                    .map_err(|e| malformed(format, None, e.to_string()))?;
+                let reader =
+                    arrow::ipc::reader::StreamReader::try_new(BufReader::with_capacity(1 << 16, input.reader()?), None)
+                        .map_err(|e| malformed(format, None, e.to_string()))?;
                 let names: Vec<String> = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
                 let map = map_columns(columns, &names)?;
                 Ok(Source::Batches { iter: Box::new(reader), map, next_row: 1, format })
@@ -433,7 +464,7 @@ pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOption
         ),
         &schema,
     )?);
-    let mut out = check(input, format, dataset, opts, &mut sink)?;
+    let mut out = check(Input::Path(input.to_path_buf()), format, dataset, opts, &mut sink)?;
     sink.0.finish()?;
     drop(sink);
     let mut file = staged.into_temp_path();
@@ -453,11 +484,11 @@ pub fn stage(input: &Path, format: Format, dataset: &Dataset, opts: &StageOption
     out.finish(Some(file))
 }
 
-/// Stages the upload at `input` for `dataset`, handing the valid rows to
+/// Stages the upload from `input` for `dataset`, handing the valid rows to
 /// `sink` as they are checked. Every problem fails the upload (`on_error`
 /// skip needs [`stage`]); the sink's rows must then be thrown away.
 pub fn stage_to(
-    input: &Path,
+    input: Input,
     format: Format,
     dataset: &Dataset,
     opts: &StageOptions,
@@ -492,7 +523,7 @@ impl Checked {
 
 /// Decodes, converts and checks every row, sending the valid ones to `sink`.
 fn check(
-    input: &Path,
+    input: Input,
     format: Format,
     dataset: &Dataset,
     opts: &StageOptions,

@@ -191,7 +191,8 @@ pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
     // would build one per row group only to fall back to plain encoding.
     for c in &dataset.columns {
         let unique_key = dataset.primary_key.len() == 1 && dataset.primary_key[0] == c.name;
-        let distinct = matches!(c.semantic.as_deref(), Some("id_card" | "credit_code" | "phone" | "address"));
+        let distinct =
+            matches!(c.semantic.as_deref(), Some("id_card" | "credit_code" | "phone" | "address" | "person_name"));
         if unique_key || distinct {
             b = b.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
         }

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
@@ -139,11 +140,15 @@ impl Dealer {
 }
 
 /// Parquet writers taking a push's rows while they are produced.
+///
+/// Dropped without [`PushWriter::finish`] (a refused push, a client gone
+/// midway), the writers remove what they wrote.
 pub struct PushWriter {
     id: String,
     table_dir: PathBuf,
     schema: SchemaRef,
     dealer: Dealer,
+    finishing: Arc<AtomicBool>,
     writers: Vec<tokio::task::JoinHandle<deltalake::DeltaResult<Vec<Add>>>>,
 }
 
@@ -160,24 +165,33 @@ impl PushWriter {
         let schema: SchemaRef = Arc::new(dataset.arrow_schema());
         let config = writer_config(dataset, schema.clone());
         let handle = tokio::runtime::Handle::current();
+        let finishing = Arc::new(AtomicBool::new(false));
         let mut senders = Vec::with_capacity(WRITERS);
         let mut writers = Vec::with_capacity(WRITERS);
         for _ in 0..WRITERS {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
             senders.push(tx);
             let (store, config, handle) = (store.clone(), config.clone(), handle.clone());
+            let (finishing, dir) = (finishing.clone(), table_dir.clone());
             writers.push(tokio::task::spawn_blocking(move || {
                 let mut writer = DeltaWriter::new(store, config);
                 while let Some(batch) = rx.blocking_recv() {
                     if let Err(e) = handle.block_on(writer.write(&batch)) {
+                        // Files already completed stay for the next vacuum.
                         let _ = handle.block_on(writer.abort());
                         return Err(e);
                     }
                 }
-                handle.block_on(writer.close())
+                let adds = handle.block_on(writer.close())?;
+                if finishing.load(Ordering::Acquire) {
+                    Ok(adds)
+                } else {
+                    remove_files(&dir, &adds);
+                    Ok(Vec::new())
+                }
             }));
         }
-        Self { id: dataset.id.clone(), table_dir, schema, dealer: Dealer { senders, next: 0 }, writers }
+        Self { id: dataset.id.clone(), table_dir, schema, dealer: Dealer { senders, next: 0 }, finishing, writers }
     }
 
     /// Writes a batch holding (at least) the dataset's columns; blocks while
@@ -195,8 +209,9 @@ impl PushWriter {
         }
     }
 
-    /// Closes the files; their add actions, for [`commit_files`].
+    /// Closes the files; their add actions, for [`Lake::commit`](super::Lake::commit).
     pub async fn finish(self) -> Result<PushFiles, LakeError> {
+        self.finishing.store(true, Ordering::Release);
         let Self { id, table_dir, dealer, writers, .. } = self;
         drop(dealer);
         let mut adds = Vec::new();
@@ -216,10 +231,12 @@ impl PushWriter {
         Ok(PushFiles { table_dir, adds })
     }
 
-    /// Stops and removes every file written.
+    /// Stops the writers and waits until they have removed what they wrote.
     pub async fn abort(self) {
-        if let Ok(files) = self.finish().await {
-            files.discard();
+        let Self { dealer, writers, .. } = self;
+        drop(dealer);
+        for w in writers {
+            let _ = w.await;
         }
     }
 }

@@ -90,6 +90,60 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
         .ok_or_else(|| ApiError::invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))
 }
 
+/// Streams the request body to staging through `tx`, refusing it past
+/// `limit` bytes. Stops early, without error, when staging stopped reading
+/// (it failed on its own and says why).
+async fn receive(
+    body: Body,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<axum::body::Bytes>>,
+    limit: u64,
+) -> ApiResult<u64> {
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            let _ = tx.send(Err(std::io::Error::other("the upload was interrupted"))).await;
+            return Err(ApiError::new(error::MALFORMED_REQUEST, "the upload was interrupted"));
+        };
+        total += chunk.len() as u64;
+        if total > limit {
+            let _ = tx.send(Err(std::io::Error::other("the upload is too large"))).await;
+            return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, format!("uploads are limited to {limit} bytes")));
+        }
+        if tx.send(Ok(chunk)).await.is_err() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// The body's chunks as a blocking reader (for staging on a blocking thread).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>,
+    chunk: axum::body::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>) -> Self {
+        Self { rx, chunk: axum::body::Bytes::new() }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Writes the request body to a temporary file, refusing it past `limit` bytes.
 async fn spool(body: Body, dir: &std::path::Path, limit: u64) -> ApiResult<(tempfile::TempPath, u64)> {
     tokio::fs::create_dir_all(dir).await.map_err(|e| ApiError::internal(&e))?;
@@ -180,27 +234,57 @@ pub async fn push(
         return Err(ApiError::new(error::PAYLOAD_TOO_LARGE, format!("uploads are limited to {limit} bytes")));
     }
     let tmp_dir = state.config.data_dir.join(TMP_DIR);
-    let (upload, bytes_in) = spool(body, &tmp_dir, limit).await?;
-    tracing::info!(dataset = %id, principal = %caller.principal.id, bytes = bytes_in, "upload received");
-
-    let opts = StageOptions { skip_invalid: skip, temp_dir: tmp_dir };
+    tokio::fs::create_dir_all(&tmp_dir).await.map_err(|e| ApiError::internal(&e))?;
+    let opts = StageOptions { skip_invalid: skip, temp_dir: tmp_dir.clone() };
     let staging_started = std::time::Instant::now();
     let ds = dataset.clone();
-    // Reject mode: the checked rows go straight to the lake's Parquet writers
-    // (their files join no version unless the push commits). Skip mode: to a
-    // staging file first, as rows with repeated keys are only known at the end.
-    let writer = if skip { None } else { Some(state.lake.writer(&dataset).map_err(|e| ApiError::internal(&e))?) };
-    let (staged, writer) = tokio::task::spawn_blocking(move || {
-        let mut writer = writer;
-        let staged = match writer.as_mut() {
-            Some(w) => gdx_connectors::stage_to(&upload, format, &ds, &opts, &mut LakeSink(w)),
-            None => gdx_connectors::stage(&upload, format, &ds, &opts),
-        };
-        drop(upload);
-        (staged, writer)
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
+    // Reject mode: the body is checked as it arrives and the valid rows go
+    // straight to the lake's Parquet writers (their files join no version
+    // unless the push commits). Parquet is read from a spooled file (its
+    // footer comes last); skip mode stages to a file first, as rows with
+    // repeated keys are only known at the end.
+    let (staged, writer) = if !skip && !matches!(format, Format::Parquet) {
+        let mut writer = state.lake.writer(&dataset).map_err(|e| ApiError::internal(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(16);
+        let staging = tokio::task::spawn_blocking(move || {
+            let input = gdx_connectors::Input::Stream(Box::new(ChannelReader::new(rx)));
+            let staged = gdx_connectors::stage_to(input, format, &ds, &opts, &mut LakeSink(&mut writer));
+            (staged, writer)
+        });
+        let received = receive(body, tx, limit).await;
+        let (staged, writer) = staging.await.map_err(|e| ApiError::internal(&e))?;
+        match received {
+            Ok(bytes_in) => {
+                tracing::info!(dataset = %id, principal = %caller.principal.id, bytes = bytes_in, "upload received");
+            }
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        }
+        (staged, Some(writer))
+    } else {
+        let (upload, bytes_in) = spool(body, &tmp_dir, limit).await?;
+        tracing::info!(dataset = %id, principal = %caller.principal.id, bytes = bytes_in, "upload received");
+        let mut writer =
+            if skip { None } else { Some(state.lake.writer(&dataset).map_err(|e| ApiError::internal(&e))?) };
+        tokio::task::spawn_blocking(move || {
+            let staged = match writer.as_mut() {
+                Some(w) => gdx_connectors::stage_to(
+                    gdx_connectors::Input::Path(upload.to_path_buf()),
+                    format,
+                    &ds,
+                    &opts,
+                    &mut LakeSink(w),
+                ),
+                None => gdx_connectors::stage(&upload, format, &ds, &opts),
+            };
+            drop(upload);
+            (staged, writer)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+    };
     let staged = match staged {
         Ok(s) => s,
         Err(e) => {

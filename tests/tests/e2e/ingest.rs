@@ -318,6 +318,34 @@ async fn oversized_uploads_are_refused_without_leaving_files() {
 }
 
 #[tokio::test]
+async fn a_push_cut_off_by_the_limit_after_rows_were_written_leaves_no_data_files() {
+    let s = TestServer::start_with(|c| c.max_push_bytes = 1_000_000).await;
+    let (st, _) = setup(&s).await;
+    // Valid rows, more than one decoded batch before the limit: they reach
+    // the Parquet writers while the body still streams in.
+    let rows: Vec<(String, &str, &str, &str, &str)> =
+        (0..30_000).map(|i| (id_number("441402", "19800101", i), "张三", "1980-01-01", "441402", "")).collect();
+    let body = csv(&rows.iter().map(|r| (r.0.as_str(), r.1, r.2, r.3, r.4)).collect::<Vec<_>>());
+    assert!(body.len() > 1_000_000);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let resp = reqwest::Client::new()
+        .post(format!("{}{PATH}", s.url()))
+        .bearer_auth(&st)
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let table = s.data_dir().join("lake/gongan/population");
+    let files: Vec<_> = std::fs::read_dir(&table)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.iter().all(|f| !f.to_string_lossy().ends_with(".parquet")), "{files:?}");
+    assert!(versions(&s, "gongan.population", &st).await.is_empty());
+}
+
+#[tokio::test]
 async fn after_a_crash_the_catalogue_catches_up_with_the_delta_log() {
     let mut s = TestServer::start().await;
     let (st, d) = setup(&s).await;
