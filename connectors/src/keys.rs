@@ -6,7 +6,7 @@
 //! upload's size, and the disk holds 24 bytes per row.
 
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
@@ -29,7 +29,7 @@ pub struct Duplicate {
 pub struct KeySet {
     dir: tempfile::TempDir,
     writers: Vec<BufWriter<File>>,
-    seeds: [std::hash::RandomState; 2],
+    seed: u64,
     count: u64,
 }
 
@@ -44,21 +44,17 @@ impl KeySet {
             let f = File::create(&path).map_err(|source| Error::Io { path, source })?;
             writers.push(BufWriter::with_capacity(16 * 1024, f));
         }
-        Ok(Self { dir, writers, seeds: [Default::default(), Default::default()], count: 0 })
+        // A seed per upload: keys chosen to collide cannot be prepared in advance.
+        let seed = std::hash::RandomState::new().hash_one(0u64);
+        Ok(Self { dir, writers, seed, count: 0 })
     }
 
     /// Records the key bytes of data row `row`.
     pub fn insert(&mut self, key: &[u8], row: u64) -> Result<()> {
-        let h = |s: &std::hash::RandomState| {
-            let mut h = s.build_hasher();
-            h.write(key);
-            h.finish()
-        };
-        let (a, b) = (h(&self.seeds[0]), h(&self.seeds[1]));
-        let bucket = (a % BUCKETS as u64) as usize;
+        let h = twox_hash::XxHash3_128::oneshot_with_seed(self.seed, key);
+        let bucket = ((h >> 64) as u64 % BUCKETS as u64) as usize;
         let mut rec = [0u8; 24];
-        rec[..8].copy_from_slice(&a.to_le_bytes());
-        rec[8..16].copy_from_slice(&b.to_le_bytes());
+        rec[..16].copy_from_slice(&h.to_le_bytes());
         rec[16..].copy_from_slice(&row.to_le_bytes());
         self.count += 1;
         self.writers[bucket].write_all(&rec).map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })

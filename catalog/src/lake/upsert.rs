@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -40,33 +40,22 @@ const READ_BATCH_ROWS: usize = 64 * 1024;
 
 type Res<T> = ReadResult<T>;
 
-/// Hashes primary keys to 128 bits (two independent SipHash keys), the same
-/// way for the upload and the table within one upsert.
+/// Hashes primary keys to 128 bits (XXH3-128 with a seed per upsert), the
+/// same way for the upload and the table within one upsert.
 struct KeyHasher {
     converter: RowConverter,
-    seeds: [std::hash::RandomState; 2],
+    seed: u64,
 }
 
 impl KeyHasher {
     fn new(key_fields: &[FieldRef]) -> Res<Self> {
         let converter = RowConverter::new(key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-        Ok(Self { converter, seeds: [Default::default(), Default::default()] })
+        Ok(Self { converter, seed: std::hash::RandomState::new().hash_one(0u64) })
     }
 
     fn hashes(&self, columns: &[ArrayRef]) -> Res<Vec<u128>> {
         let rows = self.converter.convert_columns(columns)?;
-        let h = |s: &std::hash::RandomState, bytes: &[u8]| {
-            let mut h = s.build_hasher();
-            h.write(bytes);
-            h.finish()
-        };
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let b = r.as_ref();
-                (u128::from(h(&self.seeds[0], b)) << 64) | u128::from(h(&self.seeds[1], b))
-            })
-            .collect())
+        Ok(rows.iter().map(|r| twox_hash::XxHash3_128::oneshot_with_seed(self.seed, r.as_ref())).collect())
     }
 }
 
