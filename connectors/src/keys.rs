@@ -2,7 +2,7 @@
 //!
 //! Each valid row's key is hashed to 128 bits and appended, with its row
 //! number, to one of [`BUCKETS`] files; at the end each bucket is sorted on
-//! its own. Memory is one bucket (about 24 bytes × rows / 64), whatever the
+//! its own, two at a time. Memory is two buckets (about 24 bytes × rows / 32), whatever the
 //! upload's size, and the disk holds 24 bytes per row.
 
 use std::fs::File;
@@ -60,41 +60,67 @@ impl KeySet {
         self.writers[bucket].write_all(&rec).map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })
     }
 
-    /// Every repeated key, ordered by row.
+    /// Every repeated key, ordered by row. Buckets are sorted on two threads.
     pub fn finish(self) -> Result<Vec<Duplicate>> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
         for mut w in self.writers {
-            w.flush().map_err(io(self.dir.path()))?;
+            w.flush().map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })?;
         }
-        let mut dups = Vec::new();
-        for i in 0..BUCKETS {
-            let path = self.dir.path().join(format!("{i:02}"));
-            let mut bytes = Vec::new();
-            BufReader::new(File::open(&path).map_err(io(&path))?).read_to_end(&mut bytes).map_err(io(&path))?;
-            let mut recs: Vec<(u128, u64)> = bytes
-                .chunks_exact(24)
-                .map(|c| {
-                    let mut k = [0u8; 16];
-                    k.copy_from_slice(&c[..16]);
-                    let mut r = [0u8; 8];
-                    r.copy_from_slice(&c[16..]);
-                    (u128::from_le_bytes(k), u64::from_le_bytes(r))
+        let dir = self.dir.path();
+        let halves: Vec<Result<Vec<Duplicate>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|half| {
+                    scope.spawn(move || -> Result<Vec<Duplicate>> {
+                        let mut dups = Vec::new();
+                        for i in (half..BUCKETS).step_by(2) {
+                            dups.extend(bucket_repeats(dir, i)?);
+                        }
+                        Ok(dups)
+                    })
                 })
                 .collect();
-            drop(bytes);
-            recs.sort_unstable();
-            for w in recs.chunk_by(|x, y| x.0 == y.0) {
-                for dup in &w[1..] {
-                    dups.push(Duplicate { row: dup.1, first: w[0].1 });
-                }
-            }
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::Io { path: dir.to_path_buf(), source: std::io::Error::other("key check failed") })
+                    })
+                })
+                .collect()
+        });
+        let mut dups = Vec::new();
+        for half in halves {
+            dups.extend(half?);
         }
         dups.sort_by_key(|d| d.row);
         Ok(dups)
     }
+}
+
+/// The repeated keys of one bucket file.
+fn bucket_repeats(dir: &Path, i: usize) -> Result<Vec<Duplicate>> {
+    let path = dir.join(format!("{i:02}"));
+    let io = |source| Error::Io { path: path.clone(), source };
+    let mut bytes = Vec::new();
+    BufReader::new(File::open(&path).map_err(io)?).read_to_end(&mut bytes).map_err(io)?;
+    let mut recs: Vec<(u128, u64)> = bytes
+        .chunks_exact(24)
+        .map(|c| {
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&c[..16]);
+            let mut r = [0u8; 8];
+            r.copy_from_slice(&c[16..]);
+            (u128::from_le_bytes(k), u64::from_le_bytes(r))
+        })
+        .collect();
+    drop(bytes);
+    recs.sort_unstable();
+    let mut dups = Vec::new();
+    for w in recs.chunk_by(|x, y| x.0 == y.0) {
+        for dup in &w[1..] {
+            dups.push(Duplicate { row: dup.1, first: w[0].1 });
+        }
+    }
+    Ok(dups)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::convert::{CellError, Raw, convert};
 use crate::error::{Error, Result};
 use crate::format::{Charset, Format};
 use crate::keys::KeySet;
-use crate::transcode::Transcode;
+use crate::transcode::{SkipBom, Transcode};
 
 /// Name of the staging column that carries each row's number in the upload.
 pub const ROW_COLUMN: &str = "__gdx_row";
@@ -199,7 +199,7 @@ impl Source {
             Format::Csv(charset) => {
                 let file = input.reader()?;
                 let inner: Box<dyn Read + Send> = match charset {
-                    Charset::Utf8 => Box::new(Transcode::new(file, encoding_rs::UTF_8)),
+                    Charset::Utf8 => Box::new(SkipBom::new(file)),
                     Charset::Gbk => Box::new(Transcode::new(file, encoding_rs::GBK)),
                     Charset::Gb18030 => Box::new(Transcode::new(file, encoding_rs::GB18030)),
                 };

@@ -74,9 +74,74 @@ impl<R: Read> Read for Transcode<R> {
     }
 }
 
+/// UTF-8 input as it comes, without a leading byte-order mark. Bytes are
+/// not copied or checked here: the CSV reader checks UTF-8 itself and names
+/// the line of an invalid byte (a GBK file sent without `charset=gbk`).
+pub struct SkipBom<R> {
+    inner: R,
+    head: [u8; 3],
+    head_len: usize,
+    head_pos: usize,
+    started: bool,
+}
+
+impl<R> std::fmt::Debug for SkipBom<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SkipBom")
+    }
+}
+
+impl<R: Read> SkipBom<R> {
+    /// `inner` without its byte-order mark.
+    pub fn new(inner: R) -> Self {
+        Self { inner, head: [0; 3], head_len: 0, head_pos: 0, started: false }
+    }
+}
+
+impl<R: Read> Read for SkipBom<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.started {
+            while self.head_len < 3 {
+                let n = self.inner.read(&mut self.head[self.head_len..])?;
+                if n == 0 {
+                    break;
+                }
+                self.head_len += n;
+            }
+            self.started = true;
+            if self.head[..self.head_len] == [0xEF, 0xBB, 0xBF] {
+                self.head_len = 0;
+            }
+        }
+        if self.head_pos < self.head_len {
+            let n = buf.len().min(self.head_len - self.head_pos);
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            return Ok(n);
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_nothing_else() {
+        for (input, want) in [
+            (&b"\xEF\xBB\xBFid,name\n"[..], &b"id,name\n"[..]),
+            (b"id,name\n", b"id,name\n"),
+            (b"\xEF\xBB", b"\xEF\xBB"),
+            (b"", b""),
+            (b"\xEF\xBB\xBF", b""),
+        ] {
+            // One byte at a time, so the mark arrives in pieces.
+            let mut out = Vec::new();
+            SkipBom::new(std::io::BufReader::with_capacity(1, input)).read_to_end(&mut out).expect("reads");
+            assert_eq!(out, want);
+        }
+    }
 
     #[test]
     fn gbk_to_utf8_across_chunk_boundaries() {

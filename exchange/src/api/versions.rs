@@ -121,16 +121,20 @@ async fn receive(
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>,
     chunk: axum::body::Bytes,
+    failed: Option<std::io::Error>,
 }
 
 impl ChannelReader {
     fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<axum::body::Bytes>>) -> Self {
-        Self { rx, chunk: axum::body::Bytes::new() }
+        Self { rx, chunk: axum::body::Bytes::new(), failed: None }
     }
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         while self.chunk.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.chunk = chunk,
@@ -138,8 +142,26 @@ impl std::io::Read for ChannelReader {
                 None => return Ok(0),
             }
         }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        // Fill the buffer with what has already arrived: the decoder works
+        // best on large reads.
+        let mut n = 0;
+        loop {
+            let take = (buf.len() - n).min(self.chunk.len());
+            buf[n..n + take].copy_from_slice(&self.chunk.split_to(take));
+            n += take;
+            if n == buf.len() {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(Ok(chunk)) => self.chunk = chunk,
+                Ok(Err(e)) if n == 0 => return Err(e),
+                Ok(Err(e)) => {
+                    self.failed = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
         Ok(n)
     }
 }

@@ -185,6 +185,14 @@ async fn a_bad_file_commits_nothing_and_lists_its_problems() {
     let (code, p) = s.upload(PATH, &st, "text/csv", b"birth_date\n2020-01-01\n".to_vec(), &[]).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("id_number")), "{p}");
+    // GBK bytes sent as UTF-8: refused as a whole, naming the line.
+    let (gbk, _, _) = encoding_rs::GBK.encode("张三");
+    let mut mislabelled = format!("id_number,name,birth_date,county_code\n{a},").into_bytes();
+    mislabelled.extend_from_slice(&gbk);
+    mislabelled.extend_from_slice(b",1980-01-01,441402\n");
+    let (code, p) = s.upload(PATH, &st, "text/csv; charset=utf-8", mislabelled, &[]).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("UTF-8")), "{p}");
     let ragged = format!("id_number,name\n{a},张三,extra\n").into_bytes();
     assert_eq!(s.upload(PATH, &st, "text/csv", ragged, &[]).await.0, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
