@@ -8,8 +8,12 @@
 
 pub mod access;
 pub mod error;
+pub mod masks;
+pub mod plan;
 pub mod routes;
 
 pub use access::{Access, dataset_access};
 pub use error::{Error, Result};
+pub use masks::{HashKey, Mask};
+pub use plan::{AccessPlan, DatasetPolicy, Denial, Grant, plan};
 pub use routes::{RouteAuthorizer, Scope};
