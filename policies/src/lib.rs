@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod error;
+pub mod filter;
 pub mod masks;
 pub mod plan;
 pub mod routes;
