@@ -20,4 +20,4 @@ pub use catalog::{Catalog, IssuedToken};
 pub use error::{Error, FieldError, Result};
 pub use model::*;
 pub use sqlite::SqliteStore;
-pub use store::MetaStore;
+pub use store::{MetaStore, StoredPolicy};

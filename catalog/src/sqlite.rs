@@ -17,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::search;
+use crate::store::StoredPolicy;
 use crate::store::{MetaStore, NewToken, TokenHash};
 
 /// Schema versions, applied in order; never edit one that has shipped.
@@ -85,6 +86,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE VIRTUAL TABLE dataset_search USING fts5(
         id UNINDEXED, title, body, chars, tokenize = 'unicode61 remove_diacritics 2'
     );
+    "#,
+    // 2: dataset policies (masks and row filters, as the JSON the API takes),
+    // and the policy epoch that access plans are cached under.
+    r#"
+    CREATE TABLE dataset_policies (
+        dataset     TEXT PRIMARY KEY REFERENCES datasets(id),
+        doc         TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        updated_by  TEXT NOT NULL
+    );
+    CREATE TABLE policy_epoch (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch  INTEGER NOT NULL
+    );
+    INSERT INTO policy_epoch (id, epoch) VALUES (1, 0);
     "#,
 ];
 
@@ -704,6 +720,50 @@ impl MetaStore for SqliteStore {
             .optional()?)
         })
         .await
+    }
+
+    async fn dataset_policy(&self, dataset: &str) -> Result<Option<StoredPolicy>> {
+        let dataset = dataset.to_string();
+        self.read(move |c| {
+            get_dataset(c, &dataset)?;
+            let row: Option<(String, String, String)> = c
+                .query_row(
+                    "SELECT doc, updated_at, updated_by FROM dataset_policies WHERE dataset = ?1",
+                    [&dataset],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(doc, at, by)| {
+                Ok(StoredPolicy {
+                    doc: serde_json::from_str(&doc)
+                        .map_err(|e| Error::Corrupt { what: "dataset policy", message: e.to_string() })?,
+                    updated_at: parse_ts(&at)?,
+                    updated_by: by,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn set_dataset_policy(&self, dataset: &str, doc: serde_json::Value, by: &str) -> Result<StoredPolicy> {
+        let (dataset, by) = (dataset.to_string(), by.to_string());
+        self.write(move |tx| {
+            get_dataset(tx, &dataset)?;
+            let at = crate::model::now();
+            tx.execute(
+                "INSERT INTO dataset_policies (dataset, doc, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (dataset) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                params![dataset, doc.to_string(), ts(&at), by],
+            )?;
+            tx.execute("UPDATE policy_epoch SET epoch = epoch + 1 WHERE id = 1", [])?;
+            Ok(StoredPolicy { doc, updated_at: at, updated_by: by })
+        })
+        .await
+    }
+
+    async fn policy_epoch(&self) -> Result<i64> {
+        self.read(|c| Ok(c.query_row("SELECT epoch FROM policy_epoch WHERE id = 1", [], |r| r.get(0))?)).await
     }
 
     async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>> {

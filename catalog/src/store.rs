@@ -66,6 +66,13 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn version_by_idempotency_key(&self, dataset: &str, key: &str) -> Result<Option<Version>>;
     /// The newest Delta version the catalogue knows of for a dataset.
     async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>>;
+
+    /// A dataset's policy document, if one was set (`NotFound` for an unknown dataset).
+    async fn dataset_policy(&self, dataset: &str) -> Result<Option<StoredPolicy>>;
+    /// Sets a dataset's policy document (already validated) and moves the policy epoch on.
+    async fn set_dataset_policy(&self, dataset: &str, doc: serde_json::Value, by: &str) -> Result<StoredPolicy>;
+    /// A counter that moves on with every policy change: access plans are cached under it.
+    async fn policy_epoch(&self) -> Result<i64>;
 }
 
 /// A token to store: its id, owner, hash and expiry.
@@ -79,4 +86,15 @@ pub struct NewToken {
     pub hash: TokenHash,
     /// Optional expiry.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A dataset's policy as stored: the document the API took, and who set it when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPolicy {
+    /// `{"masks": [...], "row_filters": [...]}`.
+    pub doc: serde_json::Value,
+    /// When it was set.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// Who set it.
+    pub updated_by: String,
 }

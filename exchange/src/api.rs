@@ -10,6 +10,7 @@ pub mod departments;
 pub mod error;
 pub mod extract;
 pub mod me;
+pub mod policy;
 pub mod principals;
 pub mod system;
 pub mod versions;
@@ -38,10 +39,11 @@ use error::ApiError;
         principals::create_token, principals::list_tokens, principals::revoke_token,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
         versions::push, versions::rejects, versions::maintain,
+        policy::get, policy::set,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access")),
 )]
 struct ApiDoc;
 
@@ -119,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}/versions", get(datasets::versions).post(versions::push))
         .route("/api/v1/datasets/{id}/versions/{v}/rejects", get(versions::rejects))
         .route("/api/v1/datasets/{id}/maintenance", post(versions::maintain))
+        .route("/api/v1/datasets/{id}/policy", get(policy::get).put(policy::set))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

@@ -79,24 +79,31 @@ impl Audience {
 }
 
 /// A mask the provider sets on a column.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MaskRule {
     /// The column.
     pub column: String,
     /// The mask.
     pub mask: Mask,
-    /// Whom it applies to (every reader outside the provider by default).
+    /// Whom it applies to: `*` (every reader outside the provider, the
+    /// default), a department id, or `role:<role>`.
     #[serde(rename = "for", default = "everyone")]
+    #[schema(value_type = String, example = "*")]
     pub audience: Audience,
 }
 
 /// A row filter the provider sets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FilterRule {
-    /// Whom it applies to.
+    /// Whom it applies to (as for masks).
     #[serde(rename = "for", default = "everyone")]
+    #[schema(value_type = String, example = "meixian")]
     pub audience: Audience,
-    /// A scalar predicate over the dataset's columns, with placeholders.
+    /// A scalar predicate over the dataset's columns; may use
+    /// `{{department.id}}`, `{{department.region}}` and `{{principal.id}}`, unquoted.
+    #[schema(example = "county_code = {{department.region}}")]
     pub filter: String,
 }
 
@@ -105,7 +112,8 @@ fn everyone() -> Audience {
 }
 
 /// A dataset's masks and row filters (`GET|PUT /api/v1/datasets/{id}/policy`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DatasetPolicy {
     /// Explicit masks (replacing the semantic defaults of their columns).
     #[serde(default)]
@@ -113,6 +121,26 @@ pub struct DatasetPolicy {
     /// Row filters.
     #[serde(default)]
     pub row_filters: Vec<FilterRule>,
+}
+
+impl DatasetPolicy {
+    /// What is wrong with the policy for `dataset`, field by field
+    /// (`masks[1].column`, `row_filters[0].filter`); empty when it is valid.
+    pub fn problems(&self, dataset: &Dataset) -> Vec<(String, String)> {
+        let names: Vec<String> = dataset.columns.iter().map(|c| c.name.clone()).collect();
+        let mut out = Vec::new();
+        for (i, m) in self.masks.iter().enumerate() {
+            if !names.contains(&m.column) {
+                out.push((format!("masks[{i}].column"), format!("{} has no column {}", dataset.id, m.column)));
+            }
+        }
+        for (i, f) in self.row_filters.iter().enumerate() {
+            if let Err(e) = crate::filter::parse(&f.filter, &names) {
+                out.push((format!("row_filters[{i}].filter"), e));
+            }
+        }
+        out
+    }
 }
 
 /// A grant of a dataset to a department (from an approved sharing request).

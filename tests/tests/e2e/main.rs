@@ -1,5 +1,6 @@
 //! End-to-end tests against the real server on loopback, in one test binary
 //! (each binary links the whole engine, so they are few).
 
+mod access;
 mod foundation;
 mod ingest;
