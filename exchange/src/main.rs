@@ -45,6 +45,9 @@ enum Command {
     /// The dataset catalogue.
     #[command(subcommand)]
     Dataset(DatasetCmd),
+    /// A dataset's masks and row filters (stewards of its department).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Push a file as a new version of a dataset (stewards of its department).
     Push {
         /// `{department}.{name}`.
@@ -245,6 +248,22 @@ enum DatasetCmd {
         query: String,
         #[command(flatten)]
         filters: Filters,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Show the masks and row filters.
+    Show {
+        /// `{department}.{name}`.
+        id: String,
+    },
+    /// Replace them from a .toml or .json file (`masks = [...]`, `row_filters = [...]`).
+    Set {
+        /// `{department}.{name}`.
+        id: String,
+        /// The policy file.
+        file: PathBuf,
     },
 }
 
@@ -468,6 +487,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = client()?.get("/api/v1/datasets", &q).await?;
             print_list(&v, DATASET_COLUMNS, json);
         }
+        Command::Policy(cmd) => {
+            let (id, v) = match cmd {
+                PolicyCmd::Show { id } => {
+                    let v = client()?.get(&format!("/api/v1/datasets/{}/policy", enc(&id)), &[]).await?;
+                    (id, v)
+                }
+                PolicyCmd::Set { id, file } => {
+                    let body = cli::read_definition(&file)?;
+                    let v = client()?
+                        .call(reqwest::Method::PUT, &format!("/api/v1/datasets/{}/policy", enc(&id)), &[], Some(&body))
+                        .await?;
+                    (id, v)
+                }
+            };
+            if json {
+                print_object(&v, true);
+            } else {
+                print_policy(&id, &v);
+            }
+        }
         Command::Dataset(DatasetCmd::Maintain { id, no_optimize, no_vacuum, retention_hours }) => {
             let body = json!({"optimize": !no_optimize, "vacuum": !no_vacuum, "retention_hours": retention_hours});
             let v = client()?.post(&format!("/api/v1/datasets/{}/maintenance", enc(&id)), &body).await?;
@@ -571,4 +610,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Percent-encodes a path segment.
 fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A policy as two short tables.
+fn print_policy(id: &str, v: &serde_json::Value) {
+    let empty = Vec::new();
+    let masks = v["masks"].as_array().unwrap_or(&empty);
+    let filters = v["row_filters"].as_array().unwrap_or(&empty);
+    gdx_exchange::out!("{id}");
+    if masks.is_empty() {
+        gdx_exchange::out!("masks: the defaults (personal columns by semantic type)");
+    }
+    for m in masks {
+        gdx_exchange::out!("mask   {:<20} {:<14} for {}", cell(&m["column"]), cell(&m["mask"]), cell(&m["for"]));
+    }
+    if filters.is_empty() {
+        gdx_exchange::out!("row filters: none");
+    }
+    for f in filters {
+        gdx_exchange::out!("filter for {:<18} {}", cell(&f["for"]), cell(&f["filter"]));
+    }
+    if let Some(by) = v["updated_by"].as_str() {
+        gdx_exchange::out!("set by {by} at {}", cell(&v["updated_at"]));
+    }
+}
+
+fn cell(v: &serde_json::Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
 }

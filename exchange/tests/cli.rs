@@ -94,6 +94,25 @@ async fn cli_administers_and_searches_the_catalogue() {
     let r = gdx(&url, Some(&steward), &["dataset", "register", json.to_str().expect("path")]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
 
+    // Masks and row filters from a TOML file, shown back.
+    let policy = examples().join("population-policy.toml");
+    let r = gdx(&url, Some(&steward), &["policy", "set", "gongan.population", policy.to_str().expect("path")]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = gdx(&url, Some(&steward), &["policy", "show", "gongan.population"]).await;
+    assert!(r.stdout.contains("year_only") && r.stdout.contains("role:service"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("county_code = {{department.region}}") && r.stdout.contains("set by steward1"),
+        "{}",
+        r.stdout
+    );
+    let bad_policy = dir.path().join("bad-policy.json");
+    std::fs::write(&bad_policy, r#"{"row_filters": [{"filter": "county_code = '{{department.region}}'"}]}"#)
+        .expect("write");
+    let r =
+        gdx(&url, Some(&steward), &["policy", "set", "gongan.population", bad_policy.to_str().expect("path")]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("row_filters[0].filter") && r.stderr.contains("quoted"), "{}", r.stderr);
+
     // Search by a Chinese word: a table, or JSON.
     let r = gdx(&url, Some(analyst), &["dataset", "search", "人口"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
