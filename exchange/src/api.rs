@@ -12,6 +12,7 @@ pub mod extract;
 pub mod me;
 pub mod policy;
 pub mod principals;
+pub mod query;
 pub mod system;
 pub mod versions;
 
@@ -39,11 +40,11 @@ use error::ApiError;
         principals::create_token, principals::list_tokens, principals::revoke_token,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
         versions::push, versions::rejects, versions::maintain,
-        policy::get, policy::set,
+        policy::get, policy::set, query::query,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query")),
 )]
 struct ApiDoc;
 
@@ -122,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}/versions/{v}/rejects", get(versions::rejects))
         .route("/api/v1/datasets/{id}/maintenance", post(versions::maintain))
         .route("/api/v1/datasets/{id}/policy", get(policy::get).put(policy::set))
+        .route("/api/v1/query", post(query::query))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

@@ -23,7 +23,7 @@ pub fn version_of(c: &Committed) -> Version {
 }
 
 /// Every dataset of the catalogue, page by page.
-async fn all_datasets(catalog: &Catalog) -> Result<Vec<gdx_catalog::Dataset>> {
+pub(crate) async fn all_datasets(catalog: &Catalog) -> Result<Vec<gdx_catalog::Dataset>> {
     let mut out = Vec::new();
     let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
     loop {

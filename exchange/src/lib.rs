@@ -12,6 +12,7 @@ pub mod datagen;
 pub mod demo;
 pub mod error;
 pub mod ingest;
+pub mod query;
 pub mod secret;
 pub mod server;
 pub mod state;

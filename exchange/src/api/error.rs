@@ -34,6 +34,9 @@ codes! {
     UNAUTHENTICATED = ("unauthenticated", UNAUTHORIZED, "Authentication required");
     ACCESS_DENIED = ("access_denied", FORBIDDEN, "Access denied");
     NOT_FOUND = ("not_found", NOT_FOUND, "Not found");
+    TABLE_NOT_FOUND = ("table_not_found", BAD_REQUEST, "No such table");
+    SQL_NOT_ALLOWED = ("sql_not_allowed", BAD_REQUEST, "This statement may not run");
+    INVALID_QUERY = ("invalid_query", BAD_REQUEST, "The query cannot be planned or run");
     METHOD_NOT_ALLOWED = ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed");
     CONFLICT = ("conflict", CONFLICT, "Conflict");
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");

@@ -4,3 +4,4 @@
 mod access;
 mod foundation;
 mod ingest;
+mod query;

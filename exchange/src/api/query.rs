@@ -1,0 +1,230 @@
+//! `POST /api/v1/query`: governed SQL over every dataset the caller may read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use datafusion::error::DataFusionError;
+use futures::StreamExt;
+use gdx_catalog::lake::Lake;
+use gdx_catalog::{Dataset, Principal};
+use gdx_policies::filter::Reader;
+use gdx_policies::{DatasetPolicy, HashKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::auth::Caller;
+use super::error::{self, ApiError, ApiResult, Problem};
+use super::extract::Json;
+use crate::query::{GovernedTable, refuse_statement, register, session};
+use crate::state::AppState;
+
+/// Memory one query may use before it fails with `resources_exhausted`.
+const QUERY_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+/// Rows a JSON answer holds at most.
+const MAX_ROWS: usize = 10_000;
+
+/// A query.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One SQL query (`SELECT`, `WITH`, `VALUES`, or `EXPLAIN` of one); datasets are `department.name`.
+    #[schema(example = "SELECT county_code, count(*) FROM gongan.population GROUP BY county_code")]
+    pub sql: String,
+    /// Why the data is read (recorded with the access).
+    pub purpose: Option<String>,
+    /// GDX versions to read instead of the latest, by dataset.
+    pub as_of: Option<HashMap<String, i64>>,
+    /// Rows to return at most (default and maximum 10,000).
+    pub limit: Option<usize>,
+}
+
+/// A column of the answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ResultColumn {
+    /// Name.
+    pub name: String,
+    /// Arrow type, e.g. `Utf8`, `Int64`, `Date32`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// The answer of a query.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueryResult {
+    /// Columns, in order.
+    pub columns: Vec<ResultColumn>,
+    /// Rows, each a list of values in column order.
+    #[schema(value_type = Vec<Vec<Object>>)]
+    pub rows: Vec<Vec<Value>>,
+    /// The GDX version of each dataset the query could read.
+    pub versions: BTreeMap<String, i64>,
+    /// Whether rows were left out past the limit.
+    pub truncated: bool,
+}
+
+fn query_error(e: DataFusionError) -> ApiError {
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => ApiError::new(
+            error::RESOURCES_EXHAUSTED,
+            "the query needs more memory than a query may use; narrow it or aggregate first",
+        ),
+        DataFusionError::Plan(m) if m.contains("table") && m.contains("not found") => {
+            ApiError::new(error::TABLE_NOT_FOUND, m.clone())
+        }
+        DataFusionError::SQL(m, _) => ApiError::new(error::INVALID_QUERY, format!("syntax error: {m}")),
+        DataFusionError::Plan(m) | DataFusionError::Execution(m) => ApiError::new(error::INVALID_QUERY, m.clone()),
+        DataFusionError::SchemaError(m, _) => ApiError::new(error::INVALID_QUERY, m.to_string()),
+        DataFusionError::ArrowError(m, _) => ApiError::new(error::INVALID_QUERY, m.to_string()),
+        DataFusionError::NotImplemented(m) => ApiError::new(error::INVALID_QUERY, format!("not supported: {m}")),
+        other => ApiError::internal(other),
+    }
+}
+
+/// What the reader's placeholders stand for.
+async fn reader(state: &AppState, principal: &Principal) -> ApiResult<Reader> {
+    let department = match &principal.department {
+        Some(d) => Some(state.catalog.store().department(d).await?),
+        None => None,
+    };
+    Ok(Reader {
+        department_id: principal.department.clone(),
+        department_region: department.and_then(|d| d.region),
+        principal_id: Some(principal.id.clone()),
+    })
+}
+
+/// Opens a dataset's table at its latest version or the GDX version asked for.
+async fn open(
+    lake: &Lake,
+    state: &AppState,
+    d: &Dataset,
+    as_of: Option<i64>,
+) -> ApiResult<Option<(Arc<dyn datafusion::catalog::TableProvider>, i64)>> {
+    let table = match as_of {
+        Some(v) => {
+            let version =
+                state.catalog.store().version(&d.id, v).await.map_err(|_| {
+                    ApiError::invalid(format!("as_of.{}", d.id), format!("{} has no version {v}", d.id))
+                })?;
+            let Some(delta) = version.delta_version else { return Ok(None) };
+            lake.open_version(d, delta as u64).await.map_err(|e| ApiError::internal(&e))?
+        }
+        None => match lake.open(d).await.map_err(|e| ApiError::internal(&e))? {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+    };
+    let provider = table.table_provider().await.map_err(query_error)?;
+    Ok(Some((provider, as_of.or(d.current_version).unwrap_or(0))))
+}
+
+/// Runs one governed query. The session holds only the datasets the caller
+/// may read, each filtered and masked inside its own scan.
+#[utoipa::path(post, operation_id = "query", path = "/api/v1/query", tag = "query",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "The rows", body = QueryResult,
+            headers(("GDX-Versions" = String, description = "dataset=version, comma-separated"))),
+        (status = 400, description = "sql_not_allowed, table_not_found or invalid_query", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn query(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<QueryRequest>,
+) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
+    if let Some(why) = refuse_statement(&request.sql) {
+        return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
+    }
+    let limit = request.limit.unwrap_or(MAX_ROWS).clamp(1, MAX_ROWS);
+    let principal = &caller.principal;
+    let reader = reader(&state, principal).await?;
+    let ctx = session(QUERY_MEMORY_BYTES).map_err(|e| ApiError::internal(&e))?;
+    let key = Arc::new(HashKey::new(state.secret.key()));
+    let now = chrono::Utc::now();
+    let as_of = request.as_of.clone().unwrap_or_default();
+    let mut versions = BTreeMap::new();
+    for d in crate::ingest::all_datasets(&state.catalog).await.map_err(|e| ApiError::internal(&e))? {
+        let policy: DatasetPolicy = match state.catalog.store().dataset_policy(&d.id).await? {
+            Some(p) => serde_json::from_value(p.doc).map_err(|e| ApiError::internal(&e))?,
+            None => DatasetPolicy::default(),
+        };
+        let Ok(plan) = gdx_policies::plan(principal, &d, &policy, &[], now) else { continue };
+        let Some((provider, version)) = open(&state.lake, &state, &d, as_of.get(&d.id).copied()).await? else {
+            continue;
+        };
+        let columns: Vec<String> = d.columns.iter().map(|c| c.name.clone()).collect();
+        let table = GovernedTable::try_new(&d.id, provider, plan, &reader, &columns, key.clone(), &ctx.state())
+            .map_err(|e| ApiError::internal(&e))?;
+        register(&ctx, &d.department, &d.name, table).map_err(|e| ApiError::internal(&e))?;
+        versions.insert(d.id.clone(), version);
+    }
+    for id in as_of.keys() {
+        if !versions.contains_key(id) {
+            return Err(ApiError::new(error::TABLE_NOT_FOUND, format!("table '{id}' not found")));
+        }
+    }
+    let options = datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let df = ctx.sql_with_options(&request.sql, options).await.map_err(query_error)?;
+    let schema = df.schema().as_arrow().clone();
+    // Rows stream in; past the limit the stream is dropped, which stops the query.
+    let mut stream = df.execute_stream().await.map_err(query_error)?;
+    let mut rows = Vec::new();
+    while rows.len() <= limit {
+        let Some(batch) = stream.next().await else { break };
+        let batch = batch.map_err(query_error)?;
+        rows.extend(json_rows(&batch).map_err(|e| ApiError::internal(&e))?);
+    }
+    drop(stream);
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| ResultColumn { name: f.name().clone(), data_type: f.data_type().to_string() })
+        .collect();
+    tracing::info!(principal = %principal.id, purpose = request.purpose.as_deref().unwrap_or(""), rows = rows.len(), "query answered");
+    let mut headers = HeaderMap::new();
+    let header = versions.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    if let Ok(v) = HeaderValue::from_str(&header) {
+        headers.insert("gdx-versions", v);
+    }
+    Ok((headers, axum::Json(QueryResult { columns, rows, versions, truncated })))
+}
+
+/// A batch's rows as JSON arrays (columns renamed first: names may repeat;
+/// decimals as strings, so no digit is lost to a float).
+fn json_rows(batch: &arrow::array::RecordBatch) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
+    use arrow::datatypes::DataType;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                arrow::compute::cast(c, &DataType::Utf8)
+            }
+            _ => Ok(c.clone()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<arrow::datatypes::Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    let renamed = arrow::array::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    writer.write(&renamed)?;
+    writer.finish()?;
+    let objects: Vec<serde_json::Map<String, Value>> =
+        serde_json::from_slice(&writer.into_inner()).map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?;
+    let n = batch.num_columns();
+    Ok(objects
+        .into_iter()
+        .map(|mut o| (0..n).map(|i| o.remove(&format!("c{i}")).unwrap_or(Value::Null)).collect())
+        .collect())
+}

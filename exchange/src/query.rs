@@ -1,0 +1,299 @@
+//! Governed SQL: a DataFusion session per request that holds only governed
+//! tables, one per dataset the caller may read.
+//!
+//! A [`GovernedTable`] applies the caller's row filters and masks inside its
+//! own scan ([`GovernedExec`]): the caller's SQL is planned above it, so its
+//! predicates, joins and errors only ever see rows the filters let through
+//! and values as masked. No caller filter is pushed beneath it (the table
+//! declares none supported, and the exec node accepts none), and nothing
+//! else exists in the session: no files, no URL tables, no DDL, DML or `SET`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DataFusionError, Result as DfResult};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use gdx_policies::filter::Reader;
+use gdx_policies::{AccessPlan, HashKey, Mask};
+
+/// A dataset as one reader may see it.
+#[derive(Debug)]
+pub struct GovernedTable {
+    label: String,
+    inner: Arc<dyn TableProvider>,
+    plan: AccessPlan,
+    filter: Option<Expr>,
+    key: Arc<HashKey>,
+    schema: SchemaRef,
+}
+
+impl GovernedTable {
+    /// The governed view of `inner` (the dataset's Delta table) under `plan`,
+    /// with the row filters bound for `reader`.
+    pub fn try_new(
+        label: &str,
+        inner: Arc<dyn TableProvider>,
+        plan: AccessPlan,
+        reader: &Reader,
+        columns: &[String],
+        key: Arc<HashKey>,
+        state: &datafusion::execution::SessionState,
+    ) -> DfResult<Self> {
+        let inner_schema = inner.schema();
+        let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
+        let mut filter: Option<Expr> = None;
+        for template in &plan.row_filters {
+            let parsed = gdx_policies::filter::parse(template, columns)
+                .map_err(|e| DataFusionError::Plan(format!("row filter of {label}: {e}")))?;
+            let sql = datafusion::sql::sqlparser::ast::ExprWithAlias { expr: parsed.bind(reader), alias: None };
+            let expr = state.create_logical_expr_from_sql_expr(sql, &df_schema)?;
+            filter = Some(match filter {
+                Some(f) => f.and(expr),
+                None => expr,
+            });
+        }
+        let fields: Vec<Field> = plan
+            .columns
+            .iter()
+            .map(|c| {
+                let f = inner_schema.field_with_name(&c.name)?;
+                Ok(Field::new(&c.name, c.mask.output_type(f.data_type()), true))
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(Self { label: label.to_string(), inner, plan, filter, key, schema: Arc::new(Schema::new(fields)) })
+    }
+}
+
+#[async_trait]
+impl TableProvider for GovernedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        // The inner scan reads the wanted columns and those the filter needs, in clear.
+        let inner_schema = self.inner.schema();
+        let mut needed: Vec<usize> = Vec::new();
+        let mut need = |name: &str| -> DfResult<usize> {
+            let i = inner_schema.index_of(name)?;
+            Ok(match needed.iter().position(|n| *n == i) {
+                Some(p) => p,
+                None => {
+                    needed.push(i);
+                    needed.len() - 1
+                }
+            })
+        };
+        let mut outputs = Vec::with_capacity(wanted.len());
+        for w in &wanted {
+            let column = &self.plan.columns[*w];
+            outputs.push((need(&column.name)?, column.mask));
+        }
+        if let Some(f) = &self.filter {
+            for c in f.column_refs() {
+                need(&c.name)?;
+            }
+        }
+        // The caller's filters and limit stay above: none may run on hidden rows.
+        let input = self.inner.scan(state, Some(&needed), &[], None).await?;
+        let filter = match &self.filter {
+            Some(f) => {
+                let df_schema = DFSchema::try_from(input.schema().as_ref().clone())?;
+                Some(state.create_physical_expr(f.clone(), &df_schema)?)
+            }
+            None => None,
+        };
+        let schema = Arc::new(self.schema.project(&wanted)?);
+        Ok(Arc::new(GovernedExec::new(self.label.clone(), input, filter, outputs, schema, self.key.clone())))
+    }
+}
+
+/// Applies a row filter and masks to its input's batches.
+#[derive(Debug)]
+pub struct GovernedExec {
+    label: String,
+    input: Arc<dyn ExecutionPlan>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    outputs: Vec<(usize, Mask)>,
+    schema: SchemaRef,
+    key: Arc<HashKey>,
+    properties: Arc<PlanProperties>,
+}
+
+impl GovernedExec {
+    fn new(
+        label: String,
+        input: Arc<dyn ExecutionPlan>,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        outputs: Vec<(usize, Mask)>,
+        schema: SchemaRef,
+        key: Arc<HashKey>,
+    ) -> Self {
+        let partitions = input.properties().output_partitioning().partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self { label, input, filter, outputs, schema, key, properties }
+    }
+}
+
+impl DisplayAs for GovernedExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The filter and masks are not shown: EXPLAIN names the governed scan only.
+        write!(f, "GovernedScan: {}", self.label)
+    }
+}
+
+/// Filters and masks one batch.
+fn govern(
+    batch: RecordBatch,
+    filter: Option<&Arc<dyn PhysicalExpr>>,
+    outputs: &[(usize, Mask)],
+    schema: &SchemaRef,
+    key: &HashKey,
+) -> DfResult<RecordBatch> {
+    let batch = match filter {
+        Some(f) => {
+            let keep = f.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let keep =
+                keep.as_boolean_opt().ok_or_else(|| DataFusionError::Plan("a row filter is not a predicate".into()))?;
+            arrow::compute::filter_record_batch(&batch, keep)?
+        }
+        None => batch,
+    };
+    let columns = outputs
+        .iter()
+        .map(|(i, mask)| gdx_policies::masks::apply(*mask, batch.column(*i), key))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+impl ExecutionPlan for GovernedExec {
+    fn name(&self) -> &str {
+        "GovernedExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let input = children.pop().ok_or_else(|| DataFusionError::Internal("governed scan needs its input".into()))?;
+        Ok(Arc::new(GovernedExec::new(
+            self.label.clone(),
+            input,
+            self.filter.clone(),
+            self.outputs.clone(),
+            self.schema.clone(),
+            self.key.clone(),
+        )))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let (filter, outputs, schema, key) =
+            (self.filter.clone(), self.outputs.clone(), self.schema.clone(), self.key.clone());
+        let stream = input.map(move |batch| govern(batch?, filter.as_ref(), &outputs, &schema, &key));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+}
+
+/// A fresh session for one request: information schema on (it lists only
+/// what is registered), no URL tables, a memory limit.
+pub fn session(memory_limit: usize) -> DfResult<SessionContext> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_default_catalog_and_schema("gdx", "public")
+        .with_create_default_catalog_and_schema(true)
+        .with_target_partitions(2);
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_limit(memory_limit, 1.0)
+        .build_arc()?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Registers a governed table as `{department}.{name}`.
+pub fn register(ctx: &SessionContext, department: &str, name: &str, table: GovernedTable) -> DfResult<()> {
+    let catalog = ctx.catalog("gdx").ok_or_else(|| DataFusionError::Internal("no gdx catalog".into()))?;
+    let schema = match catalog.schema(department) {
+        Some(s) => s,
+        None => {
+            let s: Arc<dyn datafusion::catalog::SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+            catalog.register_schema(department, s.clone())?;
+            s
+        }
+    };
+    schema.register_table(name.to_string(), Arc::new(table))?;
+    Ok(())
+}
+
+/// Why a statement may not run: anything but a query (or EXPLAIN of one).
+pub fn refuse_statement(sql: &str) -> Option<String> {
+    use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+    use datafusion::sql::sqlparser::ast::Statement;
+    let statements = match DFParser::parse_sql(sql) {
+        Ok(s) => s,
+        Err(_) => return None, // the planner reports syntax errors with their position
+    };
+    if statements.len() != 1 {
+        return Some("exactly one statement per query".into());
+    }
+    let allowed = match &statements[0] {
+        DfStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(_) => true,
+            Statement::Explain { statement, .. } => matches!(statement.as_ref(), Statement::Query(_)),
+            _ => false,
+        },
+        DfStatement::Explain(e) => {
+            matches!(e.statement.as_ref(), DfStatement::Statement(s) if matches!(s.as_ref(), Statement::Query(_)))
+        }
+        _ => false,
+    };
+    (!allowed).then(|| "only queries (SELECT, WITH, VALUES) and EXPLAIN of a query may run".into())
+}
