@@ -165,6 +165,28 @@ pub fn print_list(value: &Value, columns: &[(&str, &str)], as_json: bool) {
     }
 }
 
+/// Prints a query answer as a table, with the versions read and whether rows were cut.
+pub fn print_rows(value: &Value) {
+    let empty = Vec::new();
+    let columns = value["columns"].as_array().unwrap_or(&empty);
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_content_arrangement(ContentArrangement::Dynamic);
+    table.set_header(columns.iter().map(|c| c["name"].as_str().unwrap_or("").to_string()));
+    let rows = value["rows"].as_array().unwrap_or(&empty);
+    for row in rows {
+        table.add_row(row.as_array().unwrap_or(&empty).iter().map(cell));
+    }
+    crate::out!("{table}");
+    let versions: Vec<String> =
+        value["versions"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}@{v}")).collect()).unwrap_or_default();
+    let cut = if value["truncated"].as_bool() == Some(true) { " (more rows were cut: --limit)" } else { "" };
+    crate::out!(
+        "{} row(s){cut}; read: {}",
+        rows.len(),
+        if versions.is_empty() { "-".into() } else { versions.join(", ") }
+    );
+}
+
 /// Prints one object as JSON or as `field: value` lines.
 pub fn print_object(value: &Value, as_json: bool) {
     if as_json {

@@ -51,6 +51,12 @@ pub struct Config {
     pub maintenance_interval_hours: u64,
     /// Hours of history vacuum keeps: versions older than this can no longer be read.
     pub vacuum_retention_hours: u64,
+    /// Memory one query may use, in bytes; past it the query fails with `resources_exhausted`.
+    pub query_memory_bytes: u64,
+    /// Seconds a query may run.
+    pub query_timeout_secs: u64,
+    /// Rows a query answer holds at most.
+    pub query_max_rows: u64,
     /// A casbin route model replacing the shipped `policies/route_model.conf`.
     pub route_model: Option<PathBuf>,
     /// A route policy replacing the shipped `policies/route_policy.csv`.
@@ -73,6 +79,9 @@ impl Default for Config {
             max_push_bytes: 16 * 1024 * 1024 * 1024,
             maintenance_interval_hours: 24,
             vacuum_retention_hours: 7 * 24,
+            query_memory_bytes: 512 * 1024 * 1024,
+            query_timeout_secs: 300,
+            query_max_rows: 10_000,
             route_model: None,
             route_policy: None,
         }
@@ -121,6 +130,15 @@ pub struct ServeArgs {
     /// Hours of version history vacuum keeps [default: 168].
     #[arg(long, env = "GDX_VACUUM_RETENTION_HOURS")]
     pub vacuum_retention_hours: Option<u64>,
+    /// Memory one query may use, in bytes [default: 512 MiB].
+    #[arg(long, env = "GDX_QUERY_MEMORY_BYTES")]
+    pub query_memory_bytes: Option<u64>,
+    /// Seconds a query may run [default: 300].
+    #[arg(long, env = "GDX_QUERY_TIMEOUT_SECS")]
+    pub query_timeout_secs: Option<u64>,
+    /// Rows a query answer holds at most [default: 10000].
+    #[arg(long, env = "GDX_QUERY_MAX_ROWS")]
+    pub query_max_rows: Option<u64>,
 }
 
 impl Config {
@@ -151,7 +169,10 @@ impl Config {
             log_format,
             max_push_bytes,
             maintenance_interval_hours,
-            vacuum_retention_hours
+            vacuum_retention_hours,
+            query_memory_bytes,
+            query_timeout_secs,
+            query_max_rows
         );
         flag!(tls_cert, tls_key, client_ca, secret_key_file => Some);
         if let Some(v) = &args.supervisor_departments {

@@ -48,6 +48,17 @@ enum Command {
     /// A dataset's masks and row filters (stewards of its department).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Run one governed SQL query over what the token may read.
+    Sql {
+        /// The query, e.g. `SELECT county_code, count(*) FROM gongan.population GROUP BY 1`.
+        query: String,
+        /// Why the data is read.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Rows to return at most.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Push a file as a new version of a dataset (stewards of its department).
     Push {
         /// `{department}.{name}`.
@@ -486,6 +497,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             q.push(("q", query));
             let v = client()?.get("/api/v1/datasets", &q).await?;
             print_list(&v, DATASET_COLUMNS, json);
+        }
+        Command::Sql { query, purpose, limit } => {
+            let body = json!({"sql": query, "purpose": purpose, "limit": limit});
+            let v = client()?.post("/api/v1/query", &body).await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                cli::print_rows(&v);
+            }
         }
         Command::Policy(cmd) => {
             let (id, v) = match cmd {

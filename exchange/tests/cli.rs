@@ -171,6 +171,28 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert_eq!((v["version"].as_i64(), v["row_count"].as_i64()), (Some(2), Some(20)));
     let r = gdx(&url, Some(analyst), &["dataset", "versions", "gongan.population"]).await;
     assert!(r.stdout.contains("upsert") && r.stdout.contains("append"), "{}", r.stdout);
+    // Governed SQL: the steward in clear, an analyst of another department masked.
+    let sql = "SELECT name FROM gongan.population ORDER BY id_number LIMIT 1";
+    let r = gdx(&url, Some(&steward), &["sql", sql]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("1 row(s); read: gongan.population@2"), "{}", r.stdout);
+    let clear = r.stdout.clone();
+    assert_eq!(gdx(&url, Some(ADMIN), &["department", "add", "renshe", "--name", "梅州市人社局"]).await.code, 0);
+    let r = gdx(
+        &url,
+        Some(ADMIN),
+        &["principal", "add", "--name", "赵六", "--department", "renshe", "--role", "analyst", "--json"],
+    )
+    .await;
+    let outsider =
+        serde_json::from_str::<Value>(&r.stdout).expect("json")["token"].as_str().expect("token").to_string();
+    let r = gdx(&url, Some(&outsider), &["sql", sql, "--json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).expect("json");
+    let masked = v["rows"][0][0].as_str().expect("name").to_string();
+    assert!(masked.ends_with('*') && !clear.contains(&masked), "{masked} / {clear}");
+    let r = gdx(&url, Some(analyst), &["sql", "DROP TABLE gongan.population"]).await;
+    assert!(r.code != 0 && r.stderr.contains("may not run (400)"), "{}", r.stderr);
     // A bad file: the problems, row by row, and a non-zero exit.
     let broken = dir.path().join("broken.csv");
     std::fs::write(

@@ -21,11 +21,6 @@ use super::extract::Json;
 use crate::query::{GovernedTable, refuse_statement, register, session};
 use crate::state::AppState;
 
-/// Memory one query may use before it fails with `resources_exhausted`.
-const QUERY_MEMORY_BYTES: usize = 512 * 1024 * 1024;
-/// Rows a JSON answer holds at most.
-const MAX_ROWS: usize = 10_000;
-
 /// A query.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +32,7 @@ pub struct QueryRequest {
     pub purpose: Option<String>,
     /// GDX versions to read instead of the latest, by dataset.
     pub as_of: Option<HashMap<String, i64>>,
-    /// Rows to return at most (default and maximum 10,000).
+    /// Rows to return at most (default and maximum: the server's `query_max_rows`).
     pub limit: Option<usize>,
 }
 
@@ -138,10 +133,29 @@ pub async fn query(
     if let Some(why) = refuse_statement(&request.sql) {
         return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
     }
-    let limit = request.limit.unwrap_or(MAX_ROWS).clamp(1, MAX_ROWS);
+    let max_rows = usize::try_from(state.config.query_max_rows).unwrap_or(usize::MAX).max(1);
+    let limit = request.limit.unwrap_or(max_rows).clamp(1, max_rows);
+    let timeout = std::time::Duration::from_secs(state.config.query_timeout_secs.max(1));
+    match tokio::time::timeout(timeout, run(&state, &caller, &request, limit)).await {
+        Ok(answer) => answer,
+        // The query's future is dropped here, which stops it.
+        Err(_) => Err(ApiError::new(
+            error::UNAVAILABLE,
+            format!("the query ran longer than {} s and was stopped", timeout.as_secs()),
+        )),
+    }
+}
+
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    request: &QueryRequest,
+    limit: usize,
+) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
     let principal = &caller.principal;
-    let reader = reader(&state, principal).await?;
-    let ctx = session(QUERY_MEMORY_BYTES).map_err(|e| ApiError::internal(&e))?;
+    let reader = reader(state, principal).await?;
+    let memory = usize::try_from(state.config.query_memory_bytes).unwrap_or(usize::MAX);
+    let ctx = session(memory).map_err(|e| ApiError::internal(&e))?;
     let key = Arc::new(HashKey::new(state.secret.key()));
     let now = chrono::Utc::now();
     let as_of = request.as_of.clone().unwrap_or_default();
@@ -152,7 +166,7 @@ pub async fn query(
             None => DatasetPolicy::default(),
         };
         let Ok(plan) = gdx_policies::plan(principal, &d, &policy, &[], now) else { continue };
-        let Some((provider, version)) = open(&state.lake, &state, &d, as_of.get(&d.id).copied()).await? else {
+        let Some((provider, version)) = open(&state.lake, state, &d, as_of.get(&d.id).copied()).await? else {
             continue;
         };
         let columns: Vec<String> = d.columns.iter().map(|c| c.name.clone()).collect();

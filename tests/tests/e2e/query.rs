@@ -130,3 +130,46 @@ async fn each_identity_reads_what_the_rules_allow() {
     // Administrators read no data by virtue of their role.
     assert_eq!(q(&s, ADMIN, "SELECT 1").await.0, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn limits_versions_and_memory() {
+    let s = TestServer::start_with(|c| {
+        c.query_memory_bytes = 4 * 1024 * 1024;
+        c.query_max_rows = 2;
+    })
+    .await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    let (code, v) = s.post("/api/v1/datasets", &steward, population("gongan", "population", "1-01")).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let path = "/api/v1/datasets/gongan.population/versions";
+    for (i, mode) in [(1, "append"), (2, "append")] {
+        let csv = format!("id_number,name,county_code\n{},张三,441402\n", id_number("441402", "19800101", i));
+        let (code, v) = s.upload(&format!("{path}?mode={mode}"), &steward, "text/csv", csv.into_bytes(), &[]).await;
+        assert_eq!(code, StatusCode::CREATED, "{v}");
+    }
+    // The latest version, a pinned older one, and an unknown one.
+    let (_, v) = q(&s, &steward, "SELECT count(*) FROM gongan.population").await;
+    assert_eq!((rows(&v), v["versions"]["gongan.population"].clone()), (vec![vec![json!(2)]], json!(2)));
+    let (code, v) = s
+        .post(
+            "/api/v1/query",
+            &steward,
+            json!({"sql": "SELECT count(*) FROM gongan.population", "as_of": {"gongan.population": 1}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!((rows(&v), v["versions"]["gongan.population"].clone()), (vec![vec![json!(1)]], json!(1)));
+    let (code, v) =
+        s.post("/api/v1/query", &steward, json!({"sql": "SELECT 1", "as_of": {"gongan.population": 9}})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // The row cap.
+    let (_, v) = q(&s, &steward, "SELECT * FROM generate_series(1, 10)").await;
+    assert_eq!((rows(&v).len(), v["truncated"].clone()), (2, json!(true)));
+
+    // A query past its memory fails cleanly, and the server keeps serving.
+    let (code, v) = q(&s, &steward, "SELECT a.value FROM generate_series(1, 3000000) a ORDER BY a.value DESC").await;
+    assert_eq!((code, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("resources_exhausted")), "{v}");
+    assert_eq!(q(&s, &steward, "SELECT 1").await.0, StatusCode::OK);
+}
