@@ -17,9 +17,17 @@ use serde_json::Value;
 
 use super::auth::Caller;
 use super::error::{self, ApiError, ApiResult, Problem};
-use super::extract::Json;
+use super::extract::{Json, Query};
 use crate::query::{GovernedTable, refuse_statement, register, session};
 use crate::state::AppState;
+
+/// Parameters of a query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QueryParams {
+    /// A steward previews its own department's datasets as an analyst of this department would see them.
+    pub as_department: Option<String>,
+}
 
 /// A query.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -119,6 +127,7 @@ async fn open(
 /// Runs one governed query. The session holds only the datasets the caller
 /// may read, each filtered and masked inside its own scan.
 #[utoipa::path(post, operation_id = "query", path = "/api/v1/query", tag = "query",
+    params(QueryParams),
     request_body = QueryRequest,
     responses(
         (status = 200, description = "The rows", body = QueryResult,
@@ -128,15 +137,20 @@ async fn open(
 pub async fn query(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Query(params): Query<QueryParams>,
     Json(request): Json<QueryRequest>,
 ) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
     if let Some(why) = refuse_statement(&request.sql) {
         return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
     }
+    let viewer = match &params.as_department {
+        None => None,
+        Some(department) => Some(preview_as(&state, &caller.principal, department).await?),
+    };
     let max_rows = usize::try_from(state.config.query_max_rows).unwrap_or(usize::MAX).max(1);
     let limit = request.limit.unwrap_or(max_rows).clamp(1, max_rows);
     let timeout = std::time::Duration::from_secs(state.config.query_timeout_secs.max(1));
-    match tokio::time::timeout(timeout, run(&state, &caller, &request, limit)).await {
+    match tokio::time::timeout(timeout, run(&state, &caller, viewer.as_ref(), &request, limit)).await {
         Ok(answer) => answer,
         // The query's future is dropped here, which stops it.
         Err(_) => Err(ApiError::new(
@@ -146,13 +160,38 @@ pub async fn query(
     }
 }
 
+/// The principal a steward's preview reads as: an analyst of `department`.
+async fn preview_as(state: &AppState, steward: &Principal, department: &str) -> ApiResult<Principal> {
+    if !steward.has_role(gdx_catalog::Role::Steward) || steward.department.is_none() {
+        return Err(ApiError::invalid("as_department", "only a steward previews its datasets as another department"));
+    }
+    let d = state
+        .catalog
+        .store()
+        .department(department)
+        .await
+        .map_err(|_| ApiError::invalid("as_department", format!("no department {department}")))?;
+    Ok(Principal {
+        id: format!("preview:{}", steward.id),
+        name: steward.name.clone(),
+        department: Some(d.id),
+        kind: steward.kind,
+        roles: vec![gdx_catalog::Role::Analyst],
+        disabled: false,
+        created_at: steward.created_at,
+    })
+}
+
 async fn run(
     state: &AppState,
     caller: &Caller,
+    viewer: Option<&Principal>,
     request: &QueryRequest,
     limit: usize,
 ) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
-    let principal = &caller.principal;
+    let principal = viewer.unwrap_or(&caller.principal);
+    // A preview shows the steward's own datasets only.
+    let only = viewer.and(caller.principal.department.clone());
     let reader = reader(state, principal).await?;
     let memory = usize::try_from(state.config.query_memory_bytes).unwrap_or(usize::MAX);
     let ctx = session(memory).map_err(|e| ApiError::internal(&e))?;
@@ -161,6 +200,9 @@ async fn run(
     let as_of = request.as_of.clone().unwrap_or_default();
     let mut versions = BTreeMap::new();
     for d in crate::ingest::all_datasets(&state.catalog).await.map_err(|e| ApiError::internal(&e))? {
+        if only.as_ref().is_some_and(|own| own != &d.department) {
+            continue;
+        }
         let policy: DatasetPolicy = match state.catalog.store().dataset_policy(&d.id).await? {
             Some(p) => serde_json::from_value(p.doc).map_err(|e| ApiError::internal(&e))?,
             None => DatasetPolicy::default(),
@@ -202,7 +244,7 @@ async fn run(
         .iter()
         .map(|f| ResultColumn { name: f.name().clone(), data_type: f.data_type().to_string() })
         .collect();
-    tracing::info!(principal = %principal.id, purpose = request.purpose.as_deref().unwrap_or(""), rows = rows.len(), "query answered");
+    tracing::info!(principal = %caller.principal.id, as_department = viewer.and_then(|v| v.department.as_deref()).unwrap_or(""), purpose = request.purpose.as_deref().unwrap_or(""), rows = rows.len(), "query answered");
     let mut headers = HeaderMap::new();
     let header = versions.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
     if let Ok(v) = HeaderValue::from_str(&header) {

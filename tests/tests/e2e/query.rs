@@ -127,6 +127,21 @@ async fn each_identity_reads_what_the_rules_allow() {
     let (code, v) = q(&s, &analyst, "SELEC 1").await;
     assert_eq!((code, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{v}");
 
+    // The steward previews its dataset as the county bureau sees it; others cannot.
+    let (code, v) = s
+        .post(
+            "/api/v1/query?as_department=meixian",
+            &steward,
+            json!({"sql": "SELECT name FROM gongan.population ORDER BY name"}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(rows(&v), vec![vec![json!("李*")], vec![json!("王*")]], "{v}");
+    let (code, v) = s.post("/api/v1/query?as_department=meixian", &analyst, json!({"sql": "SELECT 1"})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (code, _) = s.post("/api/v1/query?as_department=nowhere", &steward, json!({"sql": "SELECT 1"})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+
     // Administrators read no data by virtue of their role.
     assert_eq!(q(&s, ADMIN, "SELECT 1").await.0, StatusCode::FORBIDDEN);
 }
