@@ -38,6 +38,7 @@ codes! {
     SQL_NOT_ALLOWED = ("sql_not_allowed", BAD_REQUEST, "This statement may not run");
     INVALID_QUERY = ("invalid_query", BAD_REQUEST, "The query cannot be planned or run");
     METHOD_NOT_ALLOWED = ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed");
+    NOT_ACCEPTABLE = ("not_acceptable", NOT_ACCEPTABLE, "No answer format the client accepts");
     CONFLICT = ("conflict", CONFLICT, "Conflict");
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");

@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 use gdx_catalog::lake::Lake;
@@ -130,19 +132,28 @@ async fn open(
     params(QueryParams),
     request_body = QueryRequest,
     responses(
-        (status = 200, description = "The rows", body = QueryResult,
+        (status = 200, description = "The rows: JSON by default; CSV, Arrow IPC stream or Parquet by Accept",
+            content(
+                (QueryResult = "application/json"),
+                (String = "text/csv"),
+                (Vec<u8> = "application/vnd.apache.arrow.stream"),
+                (Vec<u8> = "application/vnd.apache.parquet"),
+            ),
             headers(("GDX-Versions" = String, description = "dataset=version, comma-separated"))),
+        (status = 406, description = "No answer format the client accepts", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "sql_not_allowed, table_not_found or invalid_query", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn query(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(params): Query<QueryParams>,
+    headers: HeaderMap,
     Json(request): Json<QueryRequest>,
-) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
+) -> ApiResult<Response> {
     if let Some(why) = refuse_statement(&request.sql) {
         return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
     }
+    let format = AnswerFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))?;
     let viewer = match &params.as_department {
         None => None,
         Some(department) => Some(preview_as(&state, &caller.principal, department).await?),
@@ -150,13 +161,189 @@ pub async fn query(
     let max_rows = usize::try_from(state.config.query_max_rows).unwrap_or(usize::MAX).max(1);
     let limit = request.limit.unwrap_or(max_rows).clamp(1, max_rows);
     let timeout = std::time::Duration::from_secs(state.config.query_timeout_secs.max(1));
-    match tokio::time::timeout(timeout, run(&state, &caller, viewer.as_ref(), &request, limit)).await {
-        Ok(answer) => answer,
-        // The query's future is dropped here, which stops it.
-        Err(_) => Err(ApiError::new(
-            error::UNAVAILABLE,
-            format!("the query ran longer than {} s and was stopped", timeout.as_secs()),
-        )),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let too_long = || {
+        ApiError::new(error::UNAVAILABLE, format!("the query ran longer than {} s and was stopped", timeout.as_secs()))
+    };
+    // The query's future is dropped when the time is up, which stops it.
+    let (df, versions) = tokio::time::timeout_at(deadline, prepare(&state, &caller, viewer.as_ref(), &request))
+        .await
+        .map_err(|_| too_long())??;
+    tracing::info!(
+        principal = %caller.principal.id,
+        as_department = viewer.as_ref().and_then(|v| v.department.as_deref()).unwrap_or(""),
+        purpose = request.purpose.as_deref().unwrap_or(""),
+        format = format.content_type(),
+        "query planned"
+    );
+    let mut response = match format {
+        AnswerFormat::Json => {
+            let answer = tokio::time::timeout_at(deadline, json_answer(df, versions.clone(), limit))
+                .await
+                .map_err(|_| too_long())??;
+            axum::Json(answer).into_response()
+        }
+        other => {
+            let stream = tokio::time::timeout_at(deadline, df.execute_stream())
+                .await
+                .map_err(|_| too_long())?
+                .map_err(query_error)?;
+            let body = encode(stream, other, limit, deadline).map_err(|e| ApiError::internal(&e))?;
+            ([(header::CONTENT_TYPE, other.content_type())], Body::from_stream(body)).into_response()
+        }
+    };
+    let names = versions.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    if let Ok(v) = HeaderValue::from_str(&names) {
+        response.headers_mut().insert("gdx-versions", v);
+    }
+    Ok(response)
+}
+
+/// How an answer is written, chosen by `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerFormat {
+    Json,
+    Csv,
+    Arrow,
+    Parquet,
+}
+
+impl AnswerFormat {
+    fn from_accept(accept: Option<&str>) -> ApiResult<Self> {
+        let Some(accept) = accept else { return Ok(AnswerFormat::Json) };
+        for item in accept.split(',') {
+            let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            match media.as_str() {
+                "application/json" | "*/*" | "application/*" => return Ok(AnswerFormat::Json),
+                "text/csv" | "text/*" => return Ok(AnswerFormat::Csv),
+                "application/vnd.apache.arrow.stream" => return Ok(AnswerFormat::Arrow),
+                "application/vnd.apache.parquet" => return Ok(AnswerFormat::Parquet),
+                _ => {}
+            }
+        }
+        Err(ApiError::new(
+            error::NOT_ACCEPTABLE,
+            "answers are application/json, text/csv, application/vnd.apache.arrow.stream or application/vnd.apache.parquet",
+        ))
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            AnswerFormat::Json => "application/json",
+            AnswerFormat::Csv => "text/csv; charset=utf-8",
+            AnswerFormat::Arrow => "application/vnd.apache.arrow.stream",
+            AnswerFormat::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// Encodes batches as they come, up to `limit` rows. A failure or the
+/// deadline midway ends the body with an error, so the client sees a cut
+/// answer, never a short one that looks complete.
+fn encode(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    format: AnswerFormat,
+    limit: usize,
+    deadline: tokio::time::Instant,
+) -> Result<impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>>, arrow::error::ArrowError> {
+    let schema = stream.schema();
+    let encoder = Encoder::new(format, &schema)?;
+    let state = (stream, encoder, 0usize, false);
+    Ok(futures::stream::unfold(state, move |(mut stream, mut encoder, mut sent, done)| async move {
+        if done {
+            return None;
+        }
+        let next = if sent >= limit {
+            Ok(Ok(None))
+        } else {
+            tokio::time::timeout_at(deadline, stream.next()).await.map(|b| b.transpose())
+        };
+        let chunk = match next {
+            Err(_) => Err(std::io::Error::other("the query ran out of time")),
+            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+            Ok(Ok(Some(batch))) => {
+                let take = batch.num_rows().min(limit - sent);
+                sent += take;
+                encoder.write(&batch.slice(0, take)).map_err(std::io::Error::other)
+            }
+            Ok(Ok(None)) => {
+                return match encoder.finish(&stream.schema()) {
+                    Ok(bytes) => Some((Ok(bytes), (stream, encoder, sent, true))),
+                    Err(e) => Some((Err(std::io::Error::other(e)), (stream, encoder, sent, true))),
+                };
+            }
+        };
+        let failed = chunk.is_err();
+        Some((chunk, (stream, encoder, sent, failed)))
+    }))
+}
+
+/// The writers of the streamed formats, drained after every batch.
+enum Encoder {
+    /// Whether the header row is still to be written.
+    Csv(bool),
+    Arrow(Box<arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+    Parquet(Box<parquet::arrow::ArrowWriter<Vec<u8>>>),
+}
+
+impl Encoder {
+    fn new(format: AnswerFormat, schema: &arrow::datatypes::SchemaRef) -> Result<Self, arrow::error::ArrowError> {
+        Ok(match format {
+            AnswerFormat::Csv => Encoder::Csv(true),
+            AnswerFormat::Arrow => {
+                Encoder::Arrow(Box::new(arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?))
+            }
+            AnswerFormat::Parquet | AnswerFormat::Json => {
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                    .build();
+                Encoder::Parquet(Box::new(
+                    parquet::arrow::ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+                        .map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?,
+                ))
+            }
+        })
+    }
+
+    fn write(&mut self, batch: &arrow::array::RecordBatch) -> Result<axum::body::Bytes, arrow::error::ArrowError> {
+        let out = match self {
+            Encoder::Csv(header) => {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(*header).build(Vec::new());
+                w.write(batch)?;
+                *header = false;
+                w.into_inner()
+            }
+            Encoder::Arrow(w) => {
+                w.write(batch)?;
+                std::mem::take(w.get_mut())
+            }
+            Encoder::Parquet(w) => {
+                w.write(batch).map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+                std::mem::take(w.inner_mut())
+            }
+        };
+        Ok(out.into())
+    }
+
+    fn finish(&mut self, schema: &arrow::datatypes::SchemaRef) -> Result<axum::body::Bytes, arrow::error::ArrowError> {
+        let out = match self {
+            // A query without rows still names its columns.
+            Encoder::Csv(true) => {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+                w.write(&arrow::array::RecordBatch::new_empty(schema.clone()))?;
+                w.into_inner()
+            }
+            Encoder::Csv(false) => Vec::new(),
+            Encoder::Arrow(w) => {
+                w.finish()?;
+                std::mem::take(w.get_mut())
+            }
+            Encoder::Parquet(w) => {
+                w.finish().map_err(|e| arrow::error::ArrowError::ExternalError(Box::new(e)))?;
+                std::mem::take(w.inner_mut())
+            }
+        };
+        Ok(out.into())
     }
 }
 
@@ -182,13 +369,13 @@ async fn preview_as(state: &AppState, steward: &Principal, department: &str) -> 
     })
 }
 
-async fn run(
+/// The session for one query, with the caller's governed tables, and the query planned in it.
+async fn prepare(
     state: &AppState,
     caller: &Caller,
     viewer: Option<&Principal>,
     request: &QueryRequest,
-    limit: usize,
-) -> ApiResult<(HeaderMap, axum::Json<QueryResult>)> {
+) -> ApiResult<(datafusion::dataframe::DataFrame, BTreeMap<String, i64>)> {
     let principal = viewer.unwrap_or(&caller.principal);
     // A preview shows the steward's own datasets only.
     let only = viewer.and(caller.principal.department.clone());
@@ -227,8 +414,17 @@ async fn run(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let df = ctx.sql_with_options(&request.sql, options).await.map_err(query_error)?;
+    Ok((df, versions))
+}
+
+/// The answer as JSON rows, up to `limit`. Rows stream in; past the limit
+/// the stream is dropped, which stops the query.
+async fn json_answer(
+    df: datafusion::dataframe::DataFrame,
+    versions: BTreeMap<String, i64>,
+    limit: usize,
+) -> ApiResult<QueryResult> {
     let schema = df.schema().as_arrow().clone();
-    // Rows stream in; past the limit the stream is dropped, which stops the query.
     let mut stream = df.execute_stream().await.map_err(query_error)?;
     let mut rows = Vec::new();
     while rows.len() <= limit {
@@ -244,13 +440,7 @@ async fn run(
         .iter()
         .map(|f| ResultColumn { name: f.name().clone(), data_type: f.data_type().to_string() })
         .collect();
-    tracing::info!(principal = %caller.principal.id, as_department = viewer.and_then(|v| v.department.as_deref()).unwrap_or(""), purpose = request.purpose.as_deref().unwrap_or(""), rows = rows.len(), "query answered");
-    let mut headers = HeaderMap::new();
-    let header = versions.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-    if let Ok(v) = HeaderValue::from_str(&header) {
-        headers.insert("gdx-versions", v);
-    }
-    Ok((headers, axum::Json(QueryResult { columns, rows, versions, truncated })))
+    Ok(QueryResult { columns, rows, versions, truncated })
 }
 
 /// A batch's rows as JSON arrays (columns renamed first: names may repeat;

@@ -188,3 +188,60 @@ async fn limits_versions_and_memory() {
     assert_eq!((code, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("resources_exhausted")), "{v}");
     assert_eq!(q(&s, &steward, "SELECT 1").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn answers_in_csv_arrow_and_parquet_by_accept() {
+    let s = TestServer::start_with(|c| c.query_max_rows = 1000).await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    let sql = json!({"sql": "SELECT value AS n, 'x' || CAST(value AS VARCHAR) AS label FROM generate_series(1, 1500) ORDER BY value"});
+    let ask = |accept: &'static str| {
+        let (url, steward, sql) = (format!("{}/api/v1/query", s.url()), steward.clone(), sql.clone());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(steward)
+                .header("accept", accept)
+                .json(&sql)
+                .send()
+                .await
+                .expect("sent");
+            let status = resp.status();
+            let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            (status, ctype, resp.bytes().await.expect("body").to_vec())
+        }
+    };
+    let (code, ctype, body) = ask("text/csv").await;
+    assert_eq!((code, ctype.as_str()), (StatusCode::OK, "text/csv; charset=utf-8"));
+    let text = String::from_utf8(body).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        (lines.len(), lines[0], lines[1], lines[1000]),
+        (1001, "n,label", "1,x1", "1000,x1000"),
+        "the row cap holds"
+    );
+
+    let (code, _, body) = ask("application/vnd.apache.arrow.stream").await;
+    assert_eq!(code, StatusCode::OK);
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).expect("arrow stream");
+    let n: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(n, 1000);
+
+    let (code, _, body) = ask("application/vnd.apache.parquet").await;
+    assert_eq!(code, StatusCode::OK);
+    let file = s.scratch().join("answer.parquet");
+    std::fs::write(&file, body).expect("write");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&file).expect("open"),
+    )
+    .expect("parquet")
+    .build()
+    .expect("reader");
+    let n: usize = reader.map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(n, 1000);
+
+    let (code, ctype, _) = ask("application/xml").await;
+    assert_eq!((code, ctype.as_str()), (StatusCode::NOT_ACCEPTABLE, "application/problem+json"));
+    let (code, ctype, _) = ask("text/html, */*;q=0.8").await;
+    assert_eq!((code, ctype.as_str()), (StatusCode::OK, "application/json"));
+}
