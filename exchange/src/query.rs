@@ -87,11 +87,22 @@ impl TableProvider for GovernedTable {
         TableType::Base
     }
 
+    /// Caller filters that are leakproof (see [`leakproof`]) reach the
+    /// inner scan to prune files and row groups; all of them are also
+    /// evaluated above the governed scan (`Inexact`), on governed rows.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        use datafusion::logical_expr::TableProviderFilterPushDown as P;
+        Ok(filters.iter().map(|f| if self.leakproof(f) { P::Inexact } else { P::Unsupported }).collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let wanted: Vec<usize> = match projection {
@@ -121,8 +132,10 @@ impl TableProvider for GovernedTable {
                 need(&c.name)?;
             }
         }
-        // The caller's filters and limit stay above: none may run on hidden rows.
-        let input = self.inner.scan(state, Some(&needed), &[], None).await?;
+        // Only leakproof caller filters go beneath (they cannot fail, call out
+        // or show anything: they only prune); the limit stays above.
+        let pruning: Vec<Expr> = filters.iter().filter(|f| self.leakproof(f)).cloned().collect();
+        let input = self.inner.scan(state, Some(&needed), &pruning, None).await?;
         let filter = match &self.filter {
             Some(f) => {
                 let df_schema = DFSchema::try_from(input.schema().as_ref().clone())?;
@@ -132,6 +145,37 @@ impl TableProvider for GovernedTable {
         };
         let schema = Arc::new(self.schema.project(&wanted)?);
         Ok(Arc::new(GovernedExec::new(self.label.clone(), input, filter, outputs, schema, self.key.clone())))
+    }
+}
+
+impl GovernedTable {
+    /// Whether a caller's filter may run beneath the governed scan: AND of
+    /// comparisons, `IN` lists, `BETWEEN` and `IS [NOT] NULL` of columns the
+    /// caller sees in clear against literals — nothing that can fail on a
+    /// value (no casts, no functions, no arithmetic), call out, or depend on
+    /// a masked value.
+    fn leakproof(&self, expr: &Expr) -> bool {
+        use datafusion::logical_expr::{BinaryExpr, Operator};
+        let clear = |e: &Expr| match e {
+            Expr::Column(c) => self.plan.mask_of(&c.name) == Some(Mask::None),
+            _ => false,
+        };
+        let literal = |e: &Expr| matches!(e, Expr::Literal(..));
+        match expr {
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+                self.leakproof(left) && self.leakproof(right)
+            }
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                matches!(
+                    op,
+                    Operator::Eq | Operator::NotEq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+                ) && ((clear(left) && literal(right)) || (literal(left) && clear(right)))
+            }
+            Expr::InList(l) => clear(&l.expr) && l.list.iter().all(literal),
+            Expr::Between(b) => clear(&b.expr) && literal(&b.low) && literal(&b.high),
+            Expr::IsNull(e) | Expr::IsNotNull(e) => clear(e),
+            _ => false,
+        }
     }
 }
 
@@ -208,8 +252,11 @@ impl ExecutionPlan for GovernedExec {
         &self.properties
     }
 
+    /// None, to the planner: the scan beneath is fixed when the governed
+    /// table builds it, no optimizer rule reaches across, and `EXPLAIN`
+    /// shows the governed scan only (not the files, filter or masks).
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
+        Vec::new()
     }
 
     fn apply_expressions(
@@ -220,19 +267,12 @@ impl ExecutionPlan for GovernedExec {
     }
 
     #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let input = children.pop().ok_or_else(|| DataFusionError::Internal("governed scan needs its input".into()))?;
-        Ok(Arc::new(GovernedExec::new(
-            self.label.clone(),
-            input,
-            self.filter.clone(),
-            self.outputs.clone(),
-            self.schema.clone(),
-            self.key.clone(),
-        )))
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("a governed scan has no children".into()))
+        }
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {

@@ -87,11 +87,26 @@ async fn each_identity_reads_what_the_rules_allow() {
         assert_eq!(code, StatusCode::OK, "{sql}: {v}");
         assert_eq!(rows(&v), vec![vec![json!(2)]], "{sql}");
     }
+    // A leakproof predicate may prune beneath the governed scan, but never widens it.
+    for (sql, n) in [
+        ("SELECT count(*) FROM gongan.population WHERE county_code = '441402'", 0),
+        ("SELECT count(*) FROM gongan.population WHERE county_code IN ('441402', '441403')", 2),
+        (
+            "SELECT count(*) FROM gongan.population WHERE county_code BETWEEN '441400' AND '441499' AND county_code IS NOT NULL",
+            2,
+        ),
+    ] {
+        let (code, v) = q(&s, &county, sql).await;
+        assert_eq!(code, StatusCode::OK, "{sql}: {v}");
+        assert_eq!(rows(&v), vec![vec![json!(n)]], "{sql}");
+    }
+    let (code, v) = q(&s, &analyst, "SELECT count(*) FROM gongan.population WHERE county_code = '441403'").await;
+    assert_eq!((code, rows(&v)), (StatusCode::OK, vec![vec![json!(2)]]), "{v}");
     let (code, v) = q(&s, &county, "EXPLAIN SELECT * FROM gongan.population").await;
     assert_eq!(code, StatusCode::OK, "{v}");
     let plan = v.to_string();
     assert!(plan.contains("GovernedScan: gongan.population"), "{plan}");
-    assert!(!plan.contains("441403") && !plan.contains("county_code ="), "{plan}");
+    assert!(!plan.contains("441403") && !plan.contains("county_code =") && !plan.contains(".parquet"), "{plan}");
 
     // A conditional dataset without a grant is absent, exactly like a missing one.
     let (code, a) = q(&s, &analyst, "SELECT * FROM gongan.residents").await;
