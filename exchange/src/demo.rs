@@ -124,6 +124,10 @@ fn quickstart(url: &str, data_dir: &Path, tokens: &BTreeMap<String, String>) -> 
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx dataset search 人口\n");
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx dataset show gongan.population\n");
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx dataset list --sharing conditional\n\n");
+    s.push_str("  # Governed SQL: the analyst sees ID numbers hashed and names masked, the steward in clear:\n");
+    s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx sql \"SELECT county_code, count(*) AS people FROM gongan.population GROUP BY 1 ORDER BY 2 DESC\"\n");
+    s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx sql \"SELECT id_number, name, phone FROM gongan.population LIMIT 3\"\n");
+    s.push_str("  GDX_TOKEN=$GDX_TOKEN_GONGAN_STEWARD gdx sql \"SELECT id_number, name, phone FROM gongan.population LIMIT 3\"\n\n");
     s.push_str("  # The public-security steward pushes a new version (upsert on the key):\n");
     s.push_str("  gdx datagen population --rows 1000 --seed 7 --out /tmp/people.csv\n");
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_GONGAN_STEWARD gdx push gongan.population /tmp/people.csv --mode upsert\n");

@@ -64,7 +64,7 @@ pub struct QueryResult {
     /// Rows, each a list of values in column order.
     #[schema(value_type = Vec<Vec<Object>>)]
     pub rows: Vec<Vec<Value>>,
-    /// The GDX version of each dataset the query could read.
+    /// The GDX version of each dataset the query read.
     pub versions: BTreeMap<String, i64>,
     /// Whether rows were left out past the limit.
     pub truncated: bool,
@@ -414,6 +414,21 @@ async fn prepare(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let df = ctx.sql_with_options(&request.sql, options).await.map_err(query_error)?;
+    // The versions of what the query reads, not of everything it could.
+    let mut read = std::collections::BTreeSet::new();
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    df.logical_plan()
+        .apply_with_subqueries(|node| {
+            if let datafusion::logical_expr::LogicalPlan::TableScan(scan) = node {
+                let t = &scan.table_name;
+                if let Some(schema) = t.schema() {
+                    read.insert(format!("{schema}.{}", t.table()));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(query_error)?;
+    versions.retain(|id, _| read.contains(id));
     Ok((df, versions))
 }
 
