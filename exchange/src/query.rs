@@ -285,16 +285,17 @@ impl ExecutionPlan for GovernedExec {
 }
 
 /// A fresh session for one request: information schema on (it lists only
-/// what is registered), no URL tables, a memory limit, no spill files.
-pub fn session(memory_limit: usize) -> DfResult<SessionContext> {
+/// what is registered), no URL tables, a memory limit past which sorts and
+/// aggregations spill to `spill_dir` (the server's own temporary folder,
+/// emptied at start) and the rest fails with `resources_exhausted`.
+pub fn session(memory_limit: usize, spill_dir: &std::path::Path) -> DfResult<SessionContext> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .with_default_catalog_and_schema("gdx", "public")
         .with_create_default_catalog_and_schema(true)
         .with_target_partitions(2);
-    // No spilling: a query writes no file, and one past its memory fails cleanly.
     let disk = datafusion::execution::disk_manager::DiskManagerBuilder::default()
-        .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Disabled);
+        .with_mode(datafusion::execution::disk_manager::DiskManagerMode::Directories(vec![spill_dir.to_path_buf()]));
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(memory_limit, 1.0)
         .with_disk_manager_builder(disk)

@@ -381,7 +381,9 @@ async fn prepare(
     let only = viewer.and(caller.principal.department.clone());
     let reader = reader(state, principal).await?;
     let memory = usize::try_from(state.config.query_memory_bytes).unwrap_or(usize::MAX);
-    let ctx = session(memory).map_err(|e| ApiError::internal(&e))?;
+    let spill = state.config.data_dir.join(super::versions::TMP_DIR).join("query-spill");
+    tokio::fs::create_dir_all(&spill).await.map_err(|e| ApiError::internal(&e))?;
+    let ctx = session(memory, &spill).map_err(|e| ApiError::internal(&e))?;
     let key = Arc::new(HashKey::new(state.secret.key()));
     let now = chrono::Utc::now();
     let as_of = request.as_of.clone().unwrap_or_default();

@@ -202,6 +202,8 @@ async fn limits_versions_and_memory() {
     let (code, v) = q(&s, &steward, "SELECT a.value FROM generate_series(1, 3000000) a ORDER BY a.value DESC").await;
     assert_eq!((code, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("resources_exhausted")), "{v}");
     assert_eq!(q(&s, &steward, "SELECT 1").await.0, StatusCode::OK);
+    let spill = s.data_dir().join("tmp/query-spill");
+    assert_eq!(std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0), 0, "no spill file outlives its query");
 }
 
 #[tokio::test]
