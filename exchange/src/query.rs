@@ -331,7 +331,7 @@ pub fn refuse_statement(sql: &str) -> Option<String> {
     }
     let allowed = match &statements[0] {
         DfStatement::Statement(s) => match s.as_ref() {
-            Statement::Query(_) => true,
+            Statement::Query(_) | Statement::ShowTables { .. } | Statement::ShowColumns { .. } => true,
             Statement::Explain { statement, .. } => matches!(statement.as_ref(), Statement::Query(_)),
             _ => false,
         },
@@ -340,5 +340,6 @@ pub fn refuse_statement(sql: &str) -> Option<String> {
         }
         _ => false,
     };
-    (!allowed).then(|| "only queries (SELECT, WITH, VALUES) and EXPLAIN of a query may run".into())
+    (!allowed)
+        .then(|| "only queries (SELECT, WITH, VALUES), SHOW TABLES, SHOW COLUMNS and EXPLAIN of a query may run".into())
 }

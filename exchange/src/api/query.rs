@@ -387,9 +387,14 @@ async fn prepare(
     let key = Arc::new(HashKey::new(state.secret.key()));
     let now = chrono::Utc::now();
     let as_of = request.as_of.clone().unwrap_or_default();
+    let referenced = referenced_tables(&ctx, &request.sql);
     let mut versions = BTreeMap::new();
     for d in crate::ingest::all_datasets(&state.catalog).await.map_err(|e| ApiError::internal(&e))? {
         if only.as_ref().is_some_and(|own| own != &d.department) {
+            continue;
+        }
+        // Only the datasets the query names are opened (all of them for the information schema).
+        if referenced.as_ref().is_some_and(|r| !r.contains(&d.id) && !as_of.contains_key(&d.id)) {
             continue;
         }
         let policy: DatasetPolicy = match state.catalog.store().dataset_policy(&d.id).await? {
@@ -432,6 +437,34 @@ async fn prepare(
         .map_err(query_error)?;
     versions.retain(|id, _| read.contains(id));
     Ok((df, versions))
+}
+
+/// The `department.name` tables a query names; `None` when every readable
+/// dataset must be registered (the information schema, or a query the
+/// planner will report as malformed anyway).
+fn referenced_tables(
+    ctx: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Option<std::collections::HashSet<String>> {
+    let state = ctx.state();
+    let statement = state.sql_to_statement(sql, &state.config().options().sql_parser.dialect).ok()?;
+    // SHOW TABLES and SHOW COLUMNS read the information schema.
+    let datafusion::sql::parser::Statement::Statement(inner) = &statement else { return None };
+    if !matches!(inner.as_ref(), datafusion::sql::sqlparser::ast::Statement::Query(_)) {
+        return None;
+    }
+    let refs = state.resolve_table_references(&statement).ok()?;
+    let mut out = std::collections::HashSet::new();
+    for r in refs {
+        match r.schema() {
+            Some("information_schema") => return None,
+            Some(schema) => {
+                out.insert(format!("{schema}.{}", r.table()));
+            }
+            None => {}
+        }
+    }
+    Some(out)
 }
 
 /// The answer as JSON rows, up to `limit`. Rows stream in; past the limit

@@ -119,6 +119,14 @@ async fn each_identity_reads_what_the_rules_allow() {
     let (_, v) =
         q(&s, &analyst, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'gongan'").await;
     assert_eq!(rows(&v), vec![vec![json!("population")]], "{v}");
+    let (code, v) = q(&s, &analyst, "SHOW TABLES").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let listed: Vec<String> =
+        rows(&v).iter().map(|r| format!("{}.{}", r[1].as_str().unwrap_or(""), r[2].as_str().unwrap_or(""))).collect();
+    assert!(
+        listed.contains(&"gongan.population".to_string()) && !listed.iter().any(|t| t.contains("residents")),
+        "{listed:?}"
+    );
     let (_, v) = q(&s, &steward, "SELECT count(*) FROM gongan.residents").await;
     assert_eq!(rows(&v), vec![vec![json!(3)]], "the provider reads its own");
 
