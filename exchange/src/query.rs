@@ -144,7 +144,14 @@ impl TableProvider for GovernedTable {
             None => None,
         };
         let schema = Arc::new(self.schema.project(&wanted)?);
-        Ok(Arc::new(GovernedExec::new(self.label.clone(), input, filter, outputs, schema, self.key.clone())))
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(input.properties().output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        let label = self.label.clone();
+        Ok(Arc::new(GovernedExec { label, input, filter, outputs, schema, key: self.key.clone(), properties }))
     }
 }
 
@@ -189,26 +196,6 @@ pub struct GovernedExec {
     schema: SchemaRef,
     key: Arc<HashKey>,
     properties: Arc<PlanProperties>,
-}
-
-impl GovernedExec {
-    fn new(
-        label: String,
-        input: Arc<dyn ExecutionPlan>,
-        filter: Option<Arc<dyn PhysicalExpr>>,
-        outputs: Vec<(usize, Mask)>,
-        schema: SchemaRef,
-        key: Arc<HashKey>,
-    ) -> Self {
-        let partitions = input.properties().output_partitioning().partition_count();
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
-        Self { label, input, filter, outputs, schema, key, properties }
-    }
 }
 
 impl DisplayAs for GovernedExec {

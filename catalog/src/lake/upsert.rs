@@ -22,14 +22,13 @@ use arrow::datatypes::{FieldRef, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::{Action, MetadataExt};
+use deltalake::kernel::Action;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use serde_json::Value;
 
-use super::write::{PushFiles, PushWriter, ReadError, ReadResult, kernel_schema, push_schema, write_files};
+use super::write::{PushFiles, PushWriter, ReadError, ReadResult, commit_actions, widen, write_files};
 use super::{LakeError, delta};
 use crate::model::Dataset;
 
@@ -233,8 +232,6 @@ async fn upsert_files(
 ) -> Result<u64, LakeError> {
     let id = dataset.id.as_str();
     let state = table.snapshot().map_err(delta(id))?;
-    let (schema, widened) = push_schema(Some(&state.snapshot().arrow_schema()), dataset);
-
     let mut files: Vec<TableFile> = state
         .log_data()
         .iter()
@@ -265,11 +262,15 @@ async fn upsert_files(
         .await?
     };
 
-    let mut actions = Vec::with_capacity(upload.adds.len() + rewritten.adds.len() + touched + 1);
-    if widened {
-        let kernel = kernel_schema(&schema, id)?;
-        actions.push(Action::Metadata(state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?));
-    }
+    let mut actions: Vec<Action> = Vec::with_capacity(upload.adds.len() + rewritten.adds.len() + touched + 1);
+    let widened = match widen(state, dataset) {
+        Ok(w) => w,
+        Err(e) => {
+            rewritten.discard();
+            return Err(e);
+        }
+    };
+    actions.extend(widened);
     actions.extend(files.iter().filter(|f| f.marks.is_some()).map(|f| Action::Remove(f.remove.clone())));
     actions.extend(upload.adds.iter().chain(&rewritten.adds).cloned().map(Action::Add));
     let on = dataset.primary_key.iter().map(|k| format!("target.{k} = source.{k}")).collect::<Vec<_>>().join(" AND ");
@@ -280,15 +281,9 @@ async fn upsert_files(
         not_matched_predicates: vec![MergePredicate { action_type: "insert".into(), predicate: None }],
         not_matched_by_source_predicates: Vec::new(),
     };
-    let committed = CommitBuilder::default()
-        .with_actions(actions)
-        .with_app_metadata(app_metadata)
-        .with_max_retries(0)
-        .build(Some(state), table.log_store(), operation)
-        .await;
-    if let Err(e) = committed {
+    if let Err(e) = commit_actions(table, state, actions, operation, app_metadata, id).await {
         rewritten.discard();
-        return Err(delta(id)(e));
+        return Err(e);
     }
     Ok(marked)
 }

@@ -23,6 +23,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, MetadataExt, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::state::DeltaTableState;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::Value;
 
@@ -88,21 +89,46 @@ pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> ReadResult<Rec
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
-/// The table's schema after a push: its columns, then the columns the
-/// catalogue added since (nullable). `None` for the table means a new table.
-/// The flag says whether the table's schema grew.
-pub(super) fn push_schema(table: Option<&SchemaRef>, dataset: &Dataset) -> (SchemaRef, bool) {
-    let upload = dataset.arrow_schema();
-    let Some(table) = table else { return (Arc::new(upload), false) };
-    let mut fields: Vec<FieldRef> = table.fields().iter().cloned().collect();
-    let mut widened = false;
-    for f in upload.fields() {
-        if table.field_with_name(f.name()).is_err() {
-            fields.push(Arc::new(Field::new(f.name(), f.data_type().clone(), true)));
-            widened = true;
-        }
+/// The metadata action that widens the table's schema with the columns the
+/// catalogue added since the last push (nullable, after the table's own);
+/// `None` when the table already has them all.
+pub(super) fn widen(state: &DeltaTableState, dataset: &Dataset) -> Result<Option<Action>, LakeError> {
+    let id = dataset.id.as_str();
+    let table = state.snapshot().arrow_schema();
+    let added: Vec<FieldRef> = dataset
+        .arrow_schema()
+        .fields()
+        .iter()
+        .filter(|f| table.field_with_name(f.name()).is_err())
+        .map(|f| Arc::new(Field::new(f.name(), f.data_type().clone(), true)))
+        .collect();
+    if added.is_empty() {
+        return Ok(None);
     }
-    (Arc::new(Schema::new(fields)), widened)
+    let fields: Vec<FieldRef> = table.fields().iter().cloned().chain(added).collect();
+    let kernel = kernel_schema(&Arc::new(Schema::new(fields)), id)?;
+    let metadata = state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?;
+    Ok(Some(Action::Metadata(metadata)))
+}
+
+/// Commits `actions` on top of `state` as one transaction. Nothing is
+/// retried: another writer's commit in between is a conflict.
+pub(super) async fn commit_actions(
+    table: &DeltaTable,
+    state: &DeltaTableState,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    app_metadata: HashMap<String, Value>,
+    id: &str,
+) -> Result<(), LakeError> {
+    CommitBuilder::default()
+        .with_actions(actions)
+        .with_app_metadata(app_metadata)
+        .with_max_retries(0)
+        .build(Some(state), table.log_store(), operation)
+        .await
+        .map(|_| ())
+        .map_err(delta(id))
 }
 
 /// The Delta form of an Arrow schema.
@@ -331,13 +357,11 @@ pub(super) async fn commit_files(
     app_metadata: HashMap<String, Value>,
 ) -> Result<(), LakeError> {
     let id = dataset.id.as_str();
-    let state = if table.version().is_some() { Some(table.snapshot().map_err(delta(id))?) } else { None };
-    let table_schema = state.map(|s| s.snapshot().arrow_schema());
-    let (schema, widened) = push_schema(table_schema.as_ref(), dataset);
-    let adds: Vec<Action> = files.adds.iter().cloned().map(Action::Add).collect();
-    let committed = match state {
-        None => match kernel_schema(&schema, id) {
-            Ok(kernel) => table
+    let adds = files.adds.iter().cloned().map(Action::Add);
+    let committed = async {
+        if table.version().is_none() {
+            let kernel = kernel_schema(&Arc::new(dataset.arrow_schema()), id)?;
+            return table
                 .create()
                 .with_table_name(&dataset.name)
                 .with_columns(kernel.fields().cloned())
@@ -347,32 +371,19 @@ pub(super) async fn commit_files(
                 .with_commit_properties(CommitProperties::default().with_metadata(app_metadata).with_max_retries(0))
                 .await
                 .map(|_| ())
-                .map_err(delta(id)),
-            Err(e) => Err(e),
-        },
-        Some(state) => {
-            let mut actions = Vec::with_capacity(adds.len() + 1);
-            if widened {
-                let kernel = kernel_schema(&schema, id)?;
-                let metadata = state.metadata().clone().with_schema(&kernel).map_err(|e| delta(id)(e.into()))?;
-                actions.push(Action::Metadata(metadata));
-            }
-            if mode == WriteMode::Replace {
-                actions.extend(state.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
-            }
-            actions.extend(adds);
-            let save = if mode == WriteMode::Replace { SaveMode::Overwrite } else { SaveMode::Append };
-            let operation = DeltaOperation::Write { mode: save, partition_by: None, predicate: None };
-            CommitBuilder::default()
-                .with_actions(actions)
-                .with_app_metadata(app_metadata)
-                .with_max_retries(0)
-                .build(Some(state), table.log_store(), operation)
-                .await
-                .map(|_| ())
-                .map_err(delta(id))
+                .map_err(delta(id));
         }
-    };
+        let state = table.snapshot().map_err(delta(id))?;
+        let mut actions: Vec<Action> = widen(state, dataset)?.into_iter().collect();
+        if mode == WriteMode::Replace {
+            actions.extend(state.log_data().iter().map(|f| Action::Remove(f.remove_action(true))));
+        }
+        actions.extend(adds);
+        let save = if mode == WriteMode::Replace { SaveMode::Overwrite } else { SaveMode::Append };
+        let operation = DeltaOperation::Write { mode: save, partition_by: None, predicate: None };
+        commit_actions(&table, state, actions, operation, app_metadata, id).await
+    }
+    .await;
     if committed.is_err() {
         files.discard();
     }

@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
-use gdx_catalog::lake::Lake;
 use gdx_catalog::{Dataset, Principal};
 use gdx_policies::filter::Reader;
 use gdx_policies::{DatasetPolicy, HashKey};
@@ -103,7 +102,6 @@ async fn reader(state: &AppState, principal: &Principal) -> ApiResult<Reader> {
 
 /// Opens a dataset's table at its latest version or the GDX version asked for.
 async fn open(
-    lake: &Lake,
     state: &AppState,
     d: &Dataset,
     as_of: Option<i64>,
@@ -115,9 +113,9 @@ async fn open(
                     ApiError::invalid(format!("as_of.{}", d.id), format!("{} has no version {v}", d.id))
                 })?;
             let Some(delta) = version.delta_version else { return Ok(None) };
-            lake.open_version(d, delta as u64).await.map_err(|e| ApiError::internal(&e))?
+            state.lake.open_version(d, delta as u64).await.map_err(|e| ApiError::internal(&e))?
         }
-        None => match lake.open(d).await.map_err(|e| ApiError::internal(&e))? {
+        None => match state.lake.open(d).await.map_err(|e| ApiError::internal(&e))? {
             Some(t) => t,
             None => return Ok(None),
         },
@@ -293,7 +291,10 @@ impl Encoder {
             AnswerFormat::Arrow => {
                 Encoder::Arrow(Box::new(arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema)?))
             }
-            AnswerFormat::Parquet | AnswerFormat::Json => {
+            AnswerFormat::Json => {
+                return Err(arrow::error::ArrowError::InvalidArgumentError("JSON answers are not streamed".into()));
+            }
+            AnswerFormat::Parquet => {
                 let props = parquet::file::properties::WriterProperties::builder()
                     .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
                     .build();
@@ -402,7 +403,7 @@ async fn prepare(
             None => DatasetPolicy::default(),
         };
         let Ok(plan) = gdx_policies::plan(principal, &d, &policy, &[], now) else { continue };
-        let Some((provider, version)) = open(&state.lake, state, &d, as_of.get(&d.id).copied()).await? else {
+        let Some((provider, version)) = open(state, &d, as_of.get(&d.id).copied()).await? else {
             continue;
         };
         let columns: Vec<String> = d.columns.iter().map(|c| c.name.clone()).collect();
