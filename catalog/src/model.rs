@@ -618,3 +618,53 @@ mod tests {
         check(PrincipalKind::ALL, PrincipalKind::as_str);
     }
 }
+
+/// A grant of a dataset to a department, from an approved sharing request.
+///
+/// While it is in force (not revoked, not expired) the store keeps the casbin
+/// link `g2, <department>, <dataset>` beside it, which is what lets the
+/// department read the dataset; the rest of the grant narrows or widens what
+/// it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Grant {
+    /// Grant id.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// The department granted.
+    pub department: String,
+    /// Only these columns are readable, when given.
+    pub columns: Option<Vec<String>>,
+    /// Personal columns shown in clear (their semantic default mask lifted).
+    #[serde(default)]
+    pub unmask: Vec<String>,
+    /// A row filter of the grant (the same language as a policy's).
+    pub row_filter: Option<String>,
+    /// When the grant ends; `None` for never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The sharing request it answers, if any.
+    pub request: Option<String>,
+    /// Who granted it.
+    pub created_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Grant {
+    /// Whether the grant is in force at `now`.
+    pub fn in_force(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// One runtime casbin rule as the metadata store keeps it: the policy type
+/// (`p`, `g2`, ...) and its values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CasbinRule {
+    /// `p`, `p2`, `g`, `g2`, ...
+    pub ptype: String,
+    /// The rule's values (at most six).
+    pub values: Vec<String>,
+}

@@ -102,6 +102,27 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO policy_epoch (id, epoch) VALUES (1, 0);
     "#,
+    // 3: runtime casbin rules (a JSON array of values per rule) and grants
+    // (the whole grant as JSON, with the columns looked up by).
+    r#"
+    CREATE TABLE casbin_rules (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        ptype  TEXT NOT NULL,
+        rule   TEXT NOT NULL,
+        UNIQUE (ptype, rule)
+    );
+    CREATE TABLE grants (
+        id          TEXT PRIMARY KEY,
+        dataset     TEXT NOT NULL REFERENCES datasets(id),
+        department  TEXT NOT NULL REFERENCES departments(id),
+        doc         TEXT NOT NULL,
+        expires_at  TEXT,
+        revoked_at  TEXT,
+        created_at  TEXT NOT NULL
+    );
+    CREATE INDEX grants_pair ON grants(dataset, department);
+    CREATE INDEX grants_expiry ON grants(expires_at) WHERE expires_at IS NOT NULL AND revoked_at IS NULL;
+    "#,
 ];
 
 /// Readers kept open beside the writer.
@@ -342,6 +363,60 @@ fn get_dataset(c: &Connection, id: &str) -> Result<Dataset> {
     c.query_row(&format!("SELECT {DATASET_COLS} FROM datasets d WHERE d.id = ?1"), [id], dataset_row)
         .optional()?
         .ok_or_else(|| not_found("dataset", id))
+}
+
+fn bump_epoch(tx: &Connection) -> Result<()> {
+    tx.execute("UPDATE policy_epoch SET epoch = epoch + 1 WHERE id = 1", [])?;
+    Ok(())
+}
+
+fn rule_json(r: &CasbinRule) -> Result<String> {
+    serde_json::to_string(&r.values).map_err(|e| Error::Corrupt { what: "casbin rule", message: e.to_string() })
+}
+
+/// Adds one rule unless present; the number added (0 or 1).
+fn add_rule(tx: &Connection, r: &CasbinRule) -> Result<usize> {
+    Ok(tx
+        .execute("INSERT OR IGNORE INTO casbin_rules (ptype, rule) VALUES (?1, ?2)", params![r.ptype, rule_json(r)?])?)
+}
+
+/// Removes one rule; the number removed (0 or 1).
+fn remove_rule(tx: &Connection, r: &CasbinRule) -> Result<usize> {
+    Ok(tx.execute("DELETE FROM casbin_rules WHERE ptype = ?1 AND rule = ?2", params![r.ptype, rule_json(r)?])?)
+}
+
+/// Makes the casbin link of a (dataset, department) pair follow its grants:
+/// present while any of them is in force at `now`. Whether it is present.
+fn sync_grant_link(tx: &Connection, dataset: &str, department: &str, now: DateTime<Utc>) -> Result<bool> {
+    let live: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM grants WHERE dataset = ?1 AND department = ?2 AND revoked_at IS NULL
+                          AND (expires_at IS NULL OR expires_at > ?3))",
+        params![dataset, department, ts(&now)],
+        |r| r.get(0),
+    )?;
+    let link = CasbinRule { ptype: "g2".into(), values: vec![department.to_string(), dataset.to_string()] };
+    if live {
+        add_rule(tx, &link)?
+    } else {
+        remove_rule(tx, &link)?
+    };
+    Ok(live)
+}
+
+fn grant_doc(g: &Grant) -> Result<String> {
+    serde_json::to_string(g).map_err(|e| Error::Corrupt { what: "grant", message: e.to_string() })
+}
+
+fn parse_grant(doc: &str) -> Result<Grant> {
+    serde_json::from_str(doc).map_err(|e| Error::Corrupt { what: "grant", message: e.to_string() })
+}
+
+fn get_grant(c: &Connection, id: &str) -> Result<Grant> {
+    let doc: String = c
+        .query_row("SELECT doc FROM grants WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found("grant", id))?;
+    parse_grant(&doc)
 }
 
 fn insert_token(tx: &Connection, t: &NewToken, now: &DateTime<Utc>) -> Result<TokenInfo> {
@@ -756,7 +831,7 @@ impl MetaStore for SqliteStore {
                  ON CONFLICT (dataset) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
                 params![dataset, doc.to_string(), ts(&at), by],
             )?;
-            tx.execute("UPDATE policy_epoch SET epoch = epoch + 1 WHERE id = 1", [])?;
+            bump_epoch(tx)?;
             Ok(StoredPolicy { doc, updated_at: at, updated_by: by })
         })
         .await
@@ -764,6 +839,207 @@ impl MetaStore for SqliteStore {
 
     async fn policy_epoch(&self) -> Result<i64> {
         self.read(|c| Ok(c.query_row("SELECT epoch FROM policy_epoch WHERE id = 1", [], |r| r.get(0))?)).await
+    }
+
+    async fn dataset_policies(&self) -> Result<Vec<(String, StoredPolicy)>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT dataset, doc, updated_at, updated_by FROM dataset_policies ORDER BY dataset")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, parse_ts(&r.get::<_, String>(2)?)?, r.get(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (dataset, doc, updated_at, updated_by) = row?;
+                let doc = serde_json::from_str(&doc)
+                    .map_err(|e| Error::Corrupt { what: "dataset policy", message: e.to_string() })?;
+                out.push((dataset, StoredPolicy { doc, updated_at, updated_by }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn casbin_rules(&self) -> Result<Vec<CasbinRule>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT ptype, rule FROM casbin_rules ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (ptype, rule) = row?;
+                let values = serde_json::from_str(&rule)
+                    .map_err(|e| Error::Corrupt { what: "casbin rule", message: e.to_string() })?;
+                out.push(CasbinRule { ptype, values });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn add_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool> {
+        self.write(move |tx| {
+            let mut added = 0;
+            for r in &rules {
+                added += add_rule(tx, r)?;
+            }
+            if added > 0 {
+                bump_epoch(tx)?;
+            }
+            Ok(added > 0)
+        })
+        .await
+    }
+
+    async fn remove_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool> {
+        self.write(move |tx| {
+            let mut removed = 0;
+            for r in &rules {
+                removed += remove_rule(tx, r)?;
+            }
+            if removed > 0 {
+                bump_epoch(tx)?;
+            }
+            Ok(removed > 0)
+        })
+        .await
+    }
+
+    async fn remove_filtered_casbin_rules(&self, ptype: &str, field_index: usize, values: Vec<String>) -> Result<bool> {
+        let ptype = ptype.to_string();
+        self.write(move |tx| {
+            let mut doomed = Vec::new();
+            {
+                let mut stmt = tx.prepare("SELECT seq, rule FROM casbin_rules WHERE ptype = ?1")?;
+                let rows = stmt.query_map([&ptype], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    let (seq, rule) = row?;
+                    let rule: Vec<String> = serde_json::from_str(&rule)
+                        .map_err(|e| Error::Corrupt { what: "casbin rule", message: e.to_string() })?;
+                    let matches = values
+                        .iter()
+                        .enumerate()
+                        .all(|(i, v)| v.is_empty() || rule.get(field_index + i).is_some_and(|have| have == v));
+                    if matches {
+                        doomed.push(seq);
+                    }
+                }
+            }
+            for seq in &doomed {
+                tx.execute("DELETE FROM casbin_rules WHERE seq = ?1", [seq])?;
+            }
+            if !doomed.is_empty() {
+                bump_epoch(tx)?;
+            }
+            Ok(!doomed.is_empty())
+        })
+        .await
+    }
+
+    async fn replace_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<()> {
+        self.write(move |tx| {
+            tx.execute("DELETE FROM casbin_rules", [])?;
+            for r in &rules {
+                add_rule(tx, r)?;
+            }
+            bump_epoch(tx)
+        })
+        .await
+    }
+
+    async fn create_grant(&self, grant: Grant) -> Result<Grant> {
+        self.write(move |tx| {
+            get_dataset(tx, &grant.dataset)?;
+            if !exists(tx, "SELECT 1 FROM departments WHERE id = ?1", &grant.department)? {
+                return Err(not_found("department", &grant.department));
+            }
+            if exists(tx, "SELECT 1 FROM grants WHERE id = ?1", &grant.id)? {
+                return Err(Error::Conflict { kind: "grant", field: "id", value: grant.id.clone() });
+            }
+            tx.execute(
+                "INSERT INTO grants (id, dataset, department, doc, expires_at, revoked_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    grant.id,
+                    grant.dataset,
+                    grant.department,
+                    grant_doc(&grant)?,
+                    grant.expires_at.as_ref().map(ts),
+                    grant.revoked_at.as_ref().map(ts),
+                    ts(&grant.created_at)
+                ],
+            )?;
+            sync_grant_link(tx, &grant.dataset, &grant.department, crate::model::now())?;
+            bump_epoch(tx)?;
+            Ok(grant)
+        })
+        .await
+    }
+
+    async fn grant(&self, id: &str) -> Result<Grant> {
+        let id = id.to_string();
+        self.read(move |c| get_grant(c, &id)).await
+    }
+
+    async fn grants(&self, dataset: Option<String>, department: Option<String>) -> Result<Vec<Grant>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT doc FROM grants WHERE (?1 IS NULL OR dataset = ?1) AND (?2 IS NULL OR department = ?2)
+                 ORDER BY created_at DESC, id",
+            )?;
+            let rows = stmt.query_map(params![dataset, department], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for doc in rows {
+                out.push(parse_grant(&doc?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_grant(&self, id: &str, at: DateTime<Utc>) -> Result<Grant> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let mut grant = get_grant(tx, &id)?;
+            if grant.revoked_at.is_some() {
+                return Ok(grant);
+            }
+            grant.revoked_at = Some(at);
+            tx.execute(
+                "UPDATE grants SET doc = ?2, revoked_at = ?3 WHERE id = ?1",
+                params![id, grant_doc(&grant)?, ts(&at)],
+            )?;
+            sync_grant_link(tx, &grant.dataset, &grant.department, at)?;
+            bump_epoch(tx)?;
+            Ok(grant)
+        })
+        .await
+    }
+
+    async fn expire_grants(&self, now: DateTime<Utc>) -> Result<usize> {
+        self.write(move |tx| {
+            // Pairs whose link is still there but one of whose grants has expired.
+            let mut pairs = Vec::new();
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT DISTINCT g.dataset, g.department FROM grants g
+                     WHERE g.revoked_at IS NULL AND g.expires_at IS NOT NULL AND g.expires_at <= ?1
+                       AND EXISTS (SELECT 1 FROM casbin_rules r WHERE r.ptype = 'g2' AND r.rule = json_array(g.department, g.dataset))",
+                )?;
+                let rows = stmt.query_map([ts(&now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                for row in rows {
+                    pairs.push(row?);
+                }
+            }
+            let mut removed = 0;
+            for (dataset, department) in &pairs {
+                removed += usize::from(!sync_grant_link(tx, dataset, department, now)?);
+            }
+            if removed > 0 {
+                bump_epoch(tx)?;
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>> {

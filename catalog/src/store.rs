@@ -71,8 +71,36 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn dataset_policy(&self, dataset: &str) -> Result<Option<StoredPolicy>>;
     /// Sets a dataset's policy document (already validated) and moves the policy epoch on.
     async fn set_dataset_policy(&self, dataset: &str, doc: serde_json::Value, by: &str) -> Result<StoredPolicy>;
-    /// A counter that moves on with every policy change: access plans are cached under it.
+    /// A counter that moves on with every policy change (policies, grants,
+    /// runtime casbin rules): access plans are cached under it.
     async fn policy_epoch(&self) -> Result<i64>;
+    /// Every dataset's policy document.
+    async fn dataset_policies(&self) -> Result<Vec<(String, StoredPolicy)>>;
+
+    /// The runtime casbin rules, in the order they were added.
+    async fn casbin_rules(&self) -> Result<Vec<CasbinRule>>;
+    /// Adds rules (those already present are left as they are); `true` if any was new.
+    async fn add_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool>;
+    /// Removes rules; `true` if any was there.
+    async fn remove_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool>;
+    /// Removes the rules of `ptype` whose values from `field_index` on equal
+    /// `values` (an empty value matches anything); `true` if any was removed.
+    async fn remove_filtered_casbin_rules(&self, ptype: &str, field_index: usize, values: Vec<String>) -> Result<bool>;
+    /// Replaces every runtime rule.
+    async fn replace_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<()>;
+
+    /// Inserts a grant and, if it is in force, its casbin link, in one transaction;
+    /// `NotFound` for an unknown dataset or department, `Conflict` on a taken id.
+    async fn create_grant(&self, grant: Grant) -> Result<Grant>;
+    /// One grant.
+    async fn grant(&self, id: &str) -> Result<Grant>;
+    /// Grants, newest first, optionally of one dataset and/or department.
+    async fn grants(&self, dataset: Option<String>, department: Option<String>) -> Result<Vec<Grant>>;
+    /// Revokes a grant at `at` (idempotent); its casbin link goes when no other
+    /// grant of the same dataset to the same department is in force.
+    async fn revoke_grant(&self, id: &str, at: DateTime<Utc>) -> Result<Grant>;
+    /// Removes the casbin links of grants that expired by `now`; the number removed.
+    async fn expire_grants(&self, now: DateTime<Utc>) -> Result<usize>;
 }
 
 /// A token to store: its id, owner, hash and expiry.

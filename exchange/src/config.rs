@@ -61,6 +61,10 @@ pub struct Config {
     pub route_model: Option<PathBuf>,
     /// A route policy replacing the shipped `policies/route_policy.csv`.
     pub route_policy: Option<PathBuf>,
+    /// A casbin data model replacing the shipped `policies/data_model.conf`.
+    pub data_model: Option<PathBuf>,
+    /// A default data policy replacing the shipped `policies/data_policy.csv`.
+    pub data_policy: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -84,6 +88,8 @@ impl Default for Config {
             query_max_rows: 10_000,
             route_model: None,
             route_policy: None,
+            data_model: None,
+            data_policy: None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use gdx_catalog::{Catalog, SqliteStore};
-use gdx_policies::RouteAuthorizer;
+use gdx_policies::{DataAuthorizer, RouteAuthorizer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,6 +18,9 @@ use crate::state::AppState;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Name of the lock file that keeps two processes off one data directory.
 pub const LOCK_FILE: &str = "gdx.lock";
+/// How often the server looks for data rules changed by another process
+/// (and ends expired grants): such a change takes effect within this.
+const DATA_RULES_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Name of the metadata database in the data directory.
 pub const META_DB: &str = "meta.db";
 
@@ -29,6 +32,7 @@ pub struct App {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     maintenance: Option<JoinHandle<()>>,
+    watcher: JoinHandle<()>,
     _lock: std::fs::File,
 }
 
@@ -128,6 +132,15 @@ impl App {
                 RouteAuthorizer::from_files(&model, &policy).await?
             }
         };
+        let data = Arc::new(match (&config.data_model, &config.data_policy) {
+            (None, None) => DataAuthorizer::shipped(catalog.store().clone()).await?,
+            (model, policy) => {
+                let model = model.clone().unwrap_or_else(|| PathBuf::from("policies/data_model.conf"));
+                let policy = policy.clone().unwrap_or_else(|| PathBuf::from("policies/data_policy.csv"));
+                DataAuthorizer::from_files(&model, &policy, catalog.store().clone()).await?
+            }
+        });
+        let watcher = tokio::spawn(data.clone().watch(DATA_RULES_POLL));
         let maintenance = (config.maintenance_interval_hours > 0).then(|| {
             crate::ingest::schedule_maintenance(
                 catalog.clone(),
@@ -140,6 +153,7 @@ impl App {
             catalog,
             lake,
             routes: Arc::new(routes),
+            data,
             config: Arc::new(config.clone()),
             metrics: metrics_handle(),
             secret: Arc::new(secret),
@@ -158,7 +172,7 @@ impl App {
                 .await
         });
         tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
-        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, _lock: lock })
+        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, _lock: lock })
     }
 
     /// The bound address.
@@ -184,6 +198,7 @@ impl App {
         if let Some(m) = self.maintenance.take() {
             m.abort();
         }
+        self.watcher.abort();
         match (&mut self.task).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(Error::Io { path: PathBuf::from("<listener>"), source }),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use gdx_catalog::Catalog;
 use gdx_catalog::lake::Lake;
-use gdx_policies::RouteAuthorizer;
+use gdx_policies::{DataAuthorizer, RouteAuthorizer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
@@ -19,6 +19,8 @@ pub struct AppState {
     pub lake: Arc<Lake>,
     /// Route decisions.
     pub routes: Arc<RouteAuthorizer>,
+    /// Data access decisions and their cached plans.
+    pub data: Arc<DataAuthorizer>,
     /// The configuration the server started with.
     pub config: Arc<Config>,
     /// Renders `/metrics`.

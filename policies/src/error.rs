@@ -18,6 +18,16 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The metadata store could not be read.
+    #[error("metadata store: {source}")]
+    Store {
+        /// The store's error.
+        #[from]
+        source: gdx_catalog::Error,
+    },
+    /// A stored policy is not what this version understands.
+    #[error("{0}")]
+    Policy(String),
 }
 
 /// Result with the policies' [`Error`].

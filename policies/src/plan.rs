@@ -5,27 +5,22 @@
 //! mask of each, and the row filters that apply. Governed scans, lookups and
 //! push rules all read the same plan, so there is one enforcement point.
 //!
-//! The rules, in order:
+//! Whether a principal may read a dataset at all is casbin's answer (see
+//! [`crate::data`]); this module compiles what it sees once it may:
 //!
-//! 1. Administrators and auditors read no data by virtue of their role; a
-//!    principal without the steward, analyst or service role reads nothing.
-//! 2. Readers of the provider department read every column in clear, with
+//! 1. Readers of the provider department read every column in clear, with
 //!    no row filter.
-//! 3. Outside the provider: only analysts and services; never a retired
-//!    dataset; `none` never, `conditional` only under a live grant,
-//!    `unconditional` always (a grant may still add `unmask`).
-//! 4. `secret` columns are never readable outside the provider; a grant
+//! 2. Outside the provider, `secret` columns are never readable; a grant
 //!    naming `columns` narrows the readable ones to those.
-//! 5. Masks: `personal` columns get their semantic default; the dataset
+//! 3. Masks: `personal` columns get their semantic default; the dataset
 //!    policy's masks that apply to the reader (`*`, its department, or
 //!    `role:<role>`) replace the default of their column, and among several
 //!    the strongest wins. A grant's `unmask` lifts the semantic defaults of
 //!    the personal columns it names (an explicit policy mask still applies:
 //!    the provider can always narrow again).
-//! 6. Row filters: every policy filter that applies, and the grant's, ANDed.
+//! 4. Row filters: every policy filter that applies, and the grant's, ANDed.
 
-use chrono::{DateTime, Utc};
-use gdx_catalog::{Dataset, DatasetStatus, Principal, Role, Sensitivity, SharingType};
+use gdx_catalog::{Dataset, Grant, Principal, Role, Sensitivity};
 use serde::{Deserialize, Serialize};
 
 use crate::masks::Mask;
@@ -143,35 +138,6 @@ impl DatasetPolicy {
     }
 }
 
-/// A grant of a dataset to a department (from an approved sharing request).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The dataset.
-    pub dataset: String,
-    /// The department granted.
-    pub department: String,
-    /// Only these columns are readable, when given.
-    pub columns: Option<Vec<String>>,
-    /// Personal columns shown in clear (their semantic default lifted).
-    #[serde(default)]
-    pub unmask: Vec<String>,
-    /// A row filter of the grant.
-    pub row_filter: Option<String>,
-    /// When the grant stops; `None` for never.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// When it was revoked, if it was.
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-impl Grant {
-    /// Whether the grant is in force at `now` for `principal`.
-    pub fn live_for(&self, principal: &Principal, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none()
-            && self.expires_at.is_none_or(|e| e > now)
-            && principal.department.as_deref() == Some(self.department.as_str())
-    }
-}
-
 /// Why a principal may not read a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -215,35 +181,20 @@ impl AccessPlan {
     }
 }
 
-/// The plan of `principal` reading `dataset` under `policy` and `grants`
-/// (grants of any department and dataset; those not in force are ignored).
-pub fn plan(
+/// What `principal` sees of `dataset` once it may read it: under the
+/// dataset's `policy`, and the grant in force for its department, if any.
+/// `provider` says the reader belongs to the provider department, which
+/// reads every column in clear and every row.
+pub fn compile(
     principal: &Principal,
     dataset: &Dataset,
     policy: &DatasetPolicy,
-    grants: &[Grant],
-    now: DateTime<Utc>,
+    grant: Option<&Grant>,
+    provider: bool,
 ) -> Result<AccessPlan, Denial> {
-    let steward = principal.has_role(Role::Steward);
-    let consumer = principal.has_role(Role::Analyst) || principal.has_role(Role::Service);
-    if principal.disabled || !(steward || consumer) {
-        return Err(Denial::Role);
-    }
-    if principal.department.as_deref() == Some(dataset.department.as_str()) {
+    if provider {
         let columns = dataset.columns.iter().map(|c| ColumnPlan { name: c.name.clone(), mask: Mask::None }).collect();
         return Ok(AccessPlan { columns, row_filters: Vec::new(), provider: true });
-    }
-    if !consumer {
-        return Err(Denial::Role);
-    }
-    if dataset.status == DatasetStatus::Retired {
-        return Err(Denial::Retired);
-    }
-    let grant = grants.iter().find(|g| g.dataset == dataset.id && g.live_for(principal, now));
-    match (dataset.sharing, grant) {
-        (SharingType::None, _) => return Err(Denial::NotShared),
-        (SharingType::Conditional, None) => return Err(Denial::NeedsGrant),
-        _ => {}
     }
     let mut columns = Vec::new();
     for c in &dataset.columns {
@@ -283,165 +234,6 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn dataset(sharing: &str) -> Dataset {
-        let input: gdx_catalog::NewDataset = serde_json::from_value(serde_json::json!({
-            "department": "gongan", "name": "population", "title": "户籍人口", "resource_code": "1-01",
-            "classification": "basic", "sharing": sharing, "update_cycle": "daily",
-            "sharing_condition": if sharing == "conditional" { Some("依法履职需要") } else { None },
-            "primary_key": ["id_number"],
-            "columns": [
-                {"name": "id_number", "type": "string", "nullable": false, "sensitivity": "personal", "semantic": "id_card"},
-                {"name": "name", "type": "string", "sensitivity": "personal", "semantic": "person_name"},
-                {"name": "phone", "type": "string", "sensitivity": "personal", "semantic": "phone"},
-                {"name": "address", "type": "string", "sensitivity": "personal", "semantic": "address"},
-                {"name": "county_code", "type": "string", "sensitivity": "public"},
-                {"name": "criminal_record", "type": "string", "sensitivity": "secret"}
-            ]
-        }))
-        .expect("json");
-        gdx_catalog::validate::dataset(input, chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"))
-            .expect("valid")
-    }
-
-    fn who(department: &str, roles: &[Role]) -> Principal {
-        Principal {
-            id: format!("{department}_{}", roles.first().map(|r| r.as_str()).unwrap_or("none")),
-            name: "p".into(),
-            department: Some(department.into()),
-            kind: gdx_catalog::PrincipalKind::User,
-            roles: roles.to_vec(),
-            disabled: false,
-            created_at: Utc::now(),
-        }
-    }
-
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).single().expect("time")
-    }
-
-    fn grant(department: &str) -> Grant {
-        Grant {
-            dataset: "gongan.population".into(),
-            department: department.into(),
-            columns: None,
-            unmask: Vec::new(),
-            row_filter: None,
-            expires_at: None,
-            revoked_at: None,
-        }
-    }
-
-    /// One line of the decision table: who, sharing, grants → the outcome as text.
-    fn decide(p: &Principal, sharing: &str, policy: &DatasetPolicy, grants: &[Grant]) -> String {
-        match plan(p, &dataset(sharing), policy, grants, now()) {
-            Err(d) => format!("deny {d:?}"),
-            Ok(plan) => {
-                let cols: Vec<String> = plan.columns.iter().map(|c| format!("{}:{}", c.name, c.mask)).collect();
-                format!("allow [{}] filters {:?}", cols.join(" "), plan.row_filters)
-            }
-        }
-    }
-
-    #[test]
-    fn golden_decision_table() {
-        let none = DatasetPolicy::default();
-        let policy: DatasetPolicy = serde_json::from_value(serde_json::json!({
-            "masks": [
-                {"column": "county_code", "mask": "redact", "for": "role:service"},
-                {"column": "name", "mask": "null", "for": "meixian"},
-                {"column": "name", "mask": "redact"},
-                {"column": "phone", "mask": "none", "for": "renshe"}
-            ],
-            "row_filters": [
-                {"for": "meixian", "filter": "county_code = {{department.region}}"},
-                {"filter": "county_code IS NOT NULL"}
-            ]
-        }))
-        .expect("policy");
-        let steward = who("gongan", &[Role::Steward]);
-        let own_analyst = who("gongan", &[Role::Analyst]);
-        let analyst = who("renshe", &[Role::Analyst]);
-        let service = who("minzheng", &[Role::Service]);
-        let county = who("meixian", &[Role::Analyst]);
-        let other_steward = who("renshe", &[Role::Steward]);
-        let admin = who("zhengshu", &[Role::Admin]);
-        let auditor = who("zhengshu", &[Role::Auditor]);
-        let expired = Grant { expires_at: Some(now() - chrono::Duration::seconds(1)), ..grant("renshe") };
-        let narrow = Grant {
-            columns: Some(vec!["id_number".into(), "name".into(), "criminal_record".into()]),
-            unmask: vec!["id_number".into()],
-            row_filter: Some("county_code = '441402'".into()),
-            ..grant("renshe")
-        };
-        let all = "id_number:none name:none phone:none address:none county_code:none criminal_record:none";
-        let defaults = "id_number:hash name:person_name phone:phone address:redact county_code:none";
-        let table: Vec<(&Principal, &str, &DatasetPolicy, Vec<Grant>, String)> = vec![
-            (&steward, "none", &policy, vec![], format!("allow [{all}] filters []")),
-            (&own_analyst, "none", &policy, vec![], format!("allow [{all}] filters []")),
-            (&admin, "unconditional", &none, vec![], "deny Role".into()),
-            (&auditor, "unconditional", &none, vec![], "deny Role".into()),
-            (&other_steward, "unconditional", &none, vec![], "deny Role".into()),
-            (&analyst, "none", &none, vec![grant("renshe")], "deny NotShared".into()),
-            (&analyst, "conditional", &none, vec![], "deny NeedsGrant".into()),
-            (&analyst, "conditional", &none, vec![grant("minzheng")], "deny NeedsGrant".into()),
-            (&analyst, "conditional", &none, vec![expired.clone()], "deny NeedsGrant".into()),
-            (&analyst, "conditional", &none, vec![grant("renshe")], format!("allow [{defaults}] filters []")),
-            (&analyst, "unconditional", &none, vec![], format!("allow [{defaults}] filters []")),
-            (
-                &analyst,
-                "unconditional",
-                &policy,
-                vec![],
-                "allow [id_number:hash name:redact phone:none address:redact county_code:none] filters [\"county_code IS NOT NULL\"]"
-                    .into(),
-            ),
-            (
-                &service,
-                "unconditional",
-                &policy,
-                vec![],
-                "allow [id_number:hash name:redact phone:phone address:redact county_code:redact] filters [\"county_code IS NOT NULL\"]"
-                    .into(),
-            ),
-            (
-                &county,
-                "unconditional",
-                &policy,
-                vec![],
-                "allow [id_number:hash name:null phone:phone address:redact county_code:none] filters [\"county_code = {{department.region}}\", \"county_code IS NOT NULL\"]"
-                    .into(),
-            ),
-            (
-                &analyst,
-                "conditional",
-                &policy,
-                vec![narrow],
-                "allow [id_number:none name:redact] filters [\"county_code IS NOT NULL\", \"county_code = '441402'\"]"
-                    .into(),
-            ),
-        ];
-        for (i, (p, sharing, policy, grants, want)) in table.into_iter().enumerate() {
-            assert_eq!(decide(p, sharing, policy, &grants), want, "line {i}: {} on {sharing}", p.id);
-        }
-    }
-
-    #[test]
-    fn retired_disabled_and_fully_hidden() {
-        let analyst = who("renshe", &[Role::Analyst]);
-        let mut d = dataset("unconditional");
-        d.status = DatasetStatus::Retired;
-        assert_eq!(plan(&analyst, &d, &DatasetPolicy::default(), &[], now()), Err(Denial::Retired));
-        let mut disabled = who("gongan", &[Role::Steward]);
-        disabled.disabled = true;
-        assert_eq!(plan(&disabled, &dataset("none"), &DatasetPolicy::default(), &[], now()), Err(Denial::Role));
-        let only_secret = Grant { columns: Some(vec!["criminal_record".into()]), ..grant("renshe") };
-        assert_eq!(
-            plan(&analyst, &dataset("conditional"), &DatasetPolicy::default(), &[only_secret], now()),
-            Err(Denial::NoColumns)
-        );
-    }
 
     #[test]
     fn audiences_parse_and_print() {

@@ -6,7 +6,7 @@ use axum::http::{Method, StatusCode};
 use gdx_catalog::{
     Classification, Dataset, DatasetPatch, DatasetQuery, DatasetStatus, NewDataset, Page, SharingType, Version,
 };
-use gdx_policies::{Access, dataset_access};
+use gdx_policies::Access;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
@@ -24,8 +24,8 @@ pub struct DatasetView {
     pub access: Access,
 }
 
-fn view(caller: &Caller, dataset: Dataset) -> DatasetView {
-    DatasetView { access: dataset_access(&caller.principal, &dataset), dataset }
+fn view(state: &AppState, caller: &Caller, dataset: Dataset) -> DatasetView {
+    DatasetView { access: state.data.access(&caller.principal, &dataset), dataset }
 }
 
 /// Registers a dataset (a steward of the provider department, or an admin).
@@ -43,7 +43,7 @@ pub async fn create(
     caller.require(&state, &Method::POST, input.department.as_deref().unwrap_or(""))?;
     let d = state.catalog.create_dataset(input, &caller.principal.id).await?;
     tracing::info!(dataset = %d.id, principal = %caller.principal.id, "dataset registered");
-    Ok((StatusCode::CREATED, axum::Json(view(&caller, d))))
+    Ok((StatusCode::CREATED, axum::Json(view(&state, &caller, d))))
 }
 
 /// Search and filters of the catalogue.
@@ -99,7 +99,7 @@ pub async fn search(
     };
     let page = state.catalog.store().search_datasets(query, page_request(p.limit, p.page_token)?).await?;
     Ok(axum::Json(Page {
-        items: page.items.into_iter().map(|d| view(&caller, d)).collect(),
+        items: page.items.into_iter().map(|d| view(&state, &caller, d)).collect(),
         next_page_token: page.next_page_token,
     }))
 }
@@ -124,7 +124,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<DatasetView>> {
     let d = state.catalog.store().dataset(&id).await?;
-    Ok(axum::Json(view(&caller, d)))
+    Ok(axum::Json(view(&state, &caller, d)))
 }
 
 /// Edits metadata, adds nullable columns or retires a dataset (its steward or an admin).
@@ -143,7 +143,7 @@ pub async fn update(
 ) -> ApiResult<axum::Json<DatasetView>> {
     let d = state.catalog.update_dataset(&id, patch).await?;
     tracing::info!(dataset = %d.id, principal = %caller.principal.id, status = %d.status, "dataset updated");
-    Ok(axum::Json(view(&caller, d)))
+    Ok(axum::Json(view(&state, &caller, d)))
 }
 
 /// The committed versions of a dataset, newest first.

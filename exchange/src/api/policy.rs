@@ -74,6 +74,7 @@ pub async fn set(
     }
     let doc = serde_json::to_value(&policy).map_err(|e| ApiError::internal(&e))?;
     let stored = state.catalog.store().set_dataset_policy(&id, doc, &caller.principal.id).await?;
+    state.data.refresh().await.map_err(|e| ApiError::internal(&e))?;
     tracing::info!(dataset = %id, principal = %caller.principal.id, masks = policy.masks.len(), row_filters = policy.row_filters.len(), "dataset policy set");
     Ok(axum::Json(view(&id, policy, Some(&stored))))
 }

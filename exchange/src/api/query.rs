@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 use gdx_catalog::{Dataset, Principal};
+use gdx_policies::HashKey;
 use gdx_policies::filter::Reader;
-use gdx_policies::{DatasetPolicy, HashKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -398,17 +398,21 @@ async fn prepare(
         if referenced.as_ref().is_some_and(|r| !r.contains(&d.id) && !as_of.contains_key(&d.id)) {
             continue;
         }
-        let policy: DatasetPolicy = match state.catalog.store().dataset_policy(&d.id).await? {
-            Some(p) => serde_json::from_value(p.doc).map_err(|e| ApiError::internal(&e))?,
-            None => DatasetPolicy::default(),
-        };
-        let Ok(plan) = gdx_policies::plan(principal, &d, &policy, &[], now) else { continue };
+        let Ok(plan) = state.data.plan(principal, &d, now) else { continue };
         let Some((provider, version)) = open(state, &d, as_of.get(&d.id).copied()).await? else {
             continue;
         };
         let columns: Vec<String> = d.columns.iter().map(|c| c.name.clone()).collect();
-        let table = GovernedTable::try_new(&d.id, provider, plan, &reader, &columns, key.clone(), &ctx.state())
-            .map_err(|e| ApiError::internal(&e))?;
+        let table = GovernedTable::try_new(
+            &d.id,
+            provider,
+            gdx_policies::AccessPlan::clone(&plan),
+            &reader,
+            &columns,
+            key.clone(),
+            &ctx.state(),
+        )
+        .map_err(|e| ApiError::internal(&e))?;
         register(&ctx, &d.department, &d.name, table).map_err(|e| ApiError::internal(&e))?;
         versions.insert(d.id.clone(), version);
     }

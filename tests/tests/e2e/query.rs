@@ -270,3 +270,94 @@ async fn answers_in_csv_arrow_and_parquet_by_accept() {
     let (code, ctype, _) = ask("text/html, */*;q=0.8").await;
     assert_eq!((code, ctype.as_str()), (StatusCode::OK, "application/json"));
 }
+
+/// Waits up to `within` for the query to answer `want` (status and error code
+/// or row count), polling; the time it took.
+async fn until(s: &TestServer, token: &str, sql: &str, want: &str, within: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let (code, v) = q(s, token, sql).await;
+        let got = if code == StatusCode::OK { format!("rows {}", rows(&v).len()) } else { v["code"].to_string() };
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "{sql}: still {got} ({v}) after {within:?}, wanted {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() {
+    let s = TestServer::start().await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    s.department("renshe", "梅州市人社局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    let analyst = s.principal("an", "renshe", &["analyst"]).await;
+    let mut d = population("gongan", "residents", "1-02");
+    d["sharing"] = json!("conditional");
+    d["sharing_condition"] = json!("依法履职需要");
+    let (code, v) = s.post("/api/v1/datasets", &steward, d).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let (a, b) = (id_number("441402", "19800101", 1), id_number("441403", "19900101", 2));
+    let csv = format!("id_number,name,county_code,income\n{a},张三,441402,100\n{b},李四,441403,200\n");
+    let (code, v) =
+        s.upload("/api/v1/datasets/gongan.residents/versions", &steward, "text/csv", csv.into_bytes(), &[]).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let sql = "SELECT * FROM gongan.residents";
+    let (_, v) = q(&s, &analyst, sql).await;
+    assert_eq!(v["code"], "table_not_found", "{v}");
+
+    // Another process (here: another connection to the metadata database)
+    // grants the dataset, narrowed: two columns, the ID in clear, one county,
+    // for a few seconds.
+    let store = gdx_catalog::SqliteStore::open(&s.data_dir().join("meta.db")).expect("store");
+    use gdx_catalog::MetaStore;
+    let ends = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let grant = gdx_catalog::Grant {
+        id: "gr_1".into(),
+        dataset: "gongan.residents".into(),
+        department: "renshe".into(),
+        columns: Some(vec!["id_number".into(), "name".into()]),
+        unmask: vec!["id_number".into()],
+        row_filter: Some("county_code = '441402'".into()),
+        expires_at: Some(ends),
+        revoked_at: None,
+        request: None,
+        created_by: "st".into(),
+        created_at: chrono::Utc::now(),
+    };
+    store.create_grant(grant).await.expect("grant");
+    let took = until(&s, &analyst, sql, "rows 1", std::time::Duration::from_secs(2)).await;
+    assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+    let (code, v) = q(&s, &analyst, sql).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let names: Vec<&str> =
+        v["columns"].as_array().expect("columns").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, vec!["id_number", "name"], "only the granted columns");
+    assert_eq!(rows(&v), vec![vec![json!(a), json!("张*")]], "the ID unmasked, the name still masked, one county");
+    let (_, v) = q(&s, &analyst, "SELECT income FROM gongan.residents").await;
+    assert_eq!(v["code"], "invalid_query", "{v}");
+
+    // At its end the grant stops at once: the dataset leaves the session.
+    let wait = (ends - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + std::time::Duration::from_millis(50)).await;
+    let (_, v) = q(&s, &analyst, sql).await;
+    assert_eq!(v["code"], "table_not_found", "a grant that ended a moment ago: {v}");
+
+    // Revocation through the store likewise ends a grant within a second.
+    let grant = gdx_catalog::Grant {
+        id: "gr_2".into(),
+        expires_at: None,
+        columns: None,
+        ..store.grant("gr_1").await.expect("grant")
+    };
+    store.create_grant(grant).await.expect("grant");
+    until(&s, &analyst, sql, "rows 1", std::time::Duration::from_secs(2)).await;
+    let (_, v) = s.get("/api/v1/datasets/gongan.residents", &analyst).await;
+    assert_eq!(v["access"], "read", "{v}");
+    store.revoke_grant("gr_2", chrono::Utc::now()).await.expect("revoke");
+    let took = until(&s, &analyst, sql, "\"table_not_found\"", std::time::Duration::from_secs(2)).await;
+    assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+    let (_, v) = s.get("/api/v1/datasets/gongan.residents", &analyst).await;
+    assert_eq!(v["access"], "requestable", "{v}");
+}
