@@ -112,7 +112,12 @@ fn decisions(c: &mut Criterion) {
         group.sample_size(10);
         group.bench_function("reload", |b| {
             b.iter_batched(
-                || rt.block_on(store.add_casbin_rules(vec![CasbinRule { ptype: "g2".into(), values: vec!["x".into(), format!("{}", rand_id())] }])),
+                || {
+                    rt.block_on(store.add_casbin_rules(vec![CasbinRule {
+                        ptype: "g2".into(),
+                        values: vec!["x".into(), format!("{}", rand_id())],
+                    }]))
+                },
                 |_| rt.block_on(a.refresh()).expect("refresh"),
                 BatchSize::PerIteration,
             )

@@ -5,3 +5,4 @@ mod access;
 mod foundation;
 mod ingest;
 mod query;
+mod slt;
