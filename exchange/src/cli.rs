@@ -70,6 +70,34 @@ impl Client {
         self.answer(resp).await
     }
 
+    /// Posts `body` to `path` asking for `accept`, and copies the answer to
+    /// `out` as it arrives (a problem answer is an error, as for [`Client::call`]).
+    pub async fn post_streamed(
+        &self,
+        path: &str,
+        body: &Value,
+        accept: &str,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.post(&url).header("accept", accept).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the GDX server at {}", self.base))?;
+        if !resp.status().is_success() {
+            self.answer(resp).await?;
+            anyhow::bail!("the server refused the request");
+        }
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk.context("reading the server's answer")?).context("writing the answer")?;
+        }
+        out.flush().context("writing the answer")?;
+        Ok(())
+    }
+
     /// The JSON of a response (or `null` for `204`); a problem answer is an error listing its problems.
     pub async fn answer(&self, resp: reqwest::Response) -> anyhow::Result<Value> {
         let status = resp.status();

@@ -58,6 +58,9 @@ enum Command {
         /// Rows to return at most.
         #[arg(long)]
         limit: Option<usize>,
+        /// table (the default), json, csv, or arrow (an Arrow IPC stream, for piping to a file).
+        #[arg(long, value_enum, default_value_t = SqlFormat::Table)]
+        format: SqlFormat,
     },
     /// Push a file as a new version of a dataset (stewards of its department).
     Push {
@@ -260,6 +263,19 @@ enum DatasetCmd {
         #[command(flatten)]
         filters: Filters,
     },
+}
+
+/// Output formats of `gdx sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SqlFormat {
+    /// An aligned table.
+    Table,
+    /// The JSON answer.
+    Json,
+    /// CSV with a header row.
+    Csv,
+    /// An Arrow IPC stream.
+    Arrow,
 }
 
 #[derive(Debug, Subcommand)]
@@ -498,13 +514,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let v = client()?.get("/api/v1/datasets", &q).await?;
             print_list(&v, DATASET_COLUMNS, json);
         }
-        Command::Sql { query, purpose, limit } => {
+        Command::Sql { query, purpose, limit, format } => {
             let body = json!({"sql": query, "purpose": purpose, "limit": limit});
-            let v = client()?.post("/api/v1/query", &body).await?;
-            if json {
-                print_object(&v, true);
+            let accept = match (format, json) {
+                (SqlFormat::Csv, _) => Some("text/csv"),
+                (SqlFormat::Arrow, _) => Some("application/vnd.apache.arrow.stream"),
+                _ => None,
+            };
+            if let Some(accept) = accept {
+                client()?.post_streamed("/api/v1/query", &body, accept, &mut std::io::stdout()).await?;
             } else {
-                cli::print_rows(&v);
+                let v = client()?.post("/api/v1/query", &body).await?;
+                if json || format == SqlFormat::Json {
+                    print_object(&v, true);
+                } else {
+                    cli::print_rows(&v);
+                }
             }
         }
         Command::Policy(cmd) => {

@@ -164,6 +164,13 @@ impl App {
         let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let (tx, rx) = oneshot::channel::<()>();
         let app = crate::api::router(state);
+        // Without TCP_NODELAY a small answer written in two parts waits for the
+        // client's delayed ACK (about 40 ms on Linux).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
