@@ -135,7 +135,16 @@ impl TableProvider for GovernedTable {
         // Only leakproof caller filters go beneath (they cannot fail, call out
         // or show anything: they only prune); the limit stays above.
         let pruning: Vec<Expr> = filters.iter().filter(|f| self.leakproof(f)).cloned().collect();
-        let input = self.inner.scan(state, Some(&needed), &pruning, None).await?;
+        let mut input = self.inner.scan(state, Some(&needed), &pruning, None).await?;
+        // The planner does not see beneath the governed scan, so the session's
+        // physical optimizer runs on the inner scan here: it splits the files
+        // into as many partitions as the session has (without it the scan, and
+        // the masks, would run on one core).
+        if let Some(session) = state.as_any().downcast_ref::<datafusion::execution::SessionState>() {
+            for rule in session.physical_optimizers() {
+                input = rule.optimize(input, session.config_options())?;
+            }
+        }
         let filter = match &self.filter {
             Some(f) => {
                 let df_schema = DFSchema::try_from(input.schema().as_ref().clone())?;

@@ -193,6 +193,10 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert!(masked.ends_with('*') && !clear.contains(&masked), "{masked} / {clear}");
     let r = gdx(&url, Some(analyst), &["sql", "DROP TABLE gongan.population"]).await;
     assert!(r.code != 0 && r.stderr.contains("may not run (400)"), "{}", r.stderr);
+    let r = gdx(&url, Some(&outsider), &["sql", sql, "--format", "csv"]).await;
+    assert_eq!((r.code, r.stdout.lines().collect::<Vec<_>>()), (0, vec!["name", masked.as_str()]), "{}", r.stderr);
+    let r = gdx(&url, Some(&outsider), &["sql", "DROP TABLE gongan.population", "--format", "csv"]).await;
+    assert!(r.code != 0 && r.stdout.is_empty() && r.stderr.contains("may not run (400)"), "{}", r.stderr);
     // A bad file: the problems, row by row, and a non-zero exit.
     let broken = dir.path().join("broken.csv");
     std::fs::write(
