@@ -150,6 +150,23 @@ async fn each_identity_reads_what_the_rules_allow() {
     let (code, v) = q(&s, &analyst, "SELEC 1").await;
     assert_eq!((code, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")), "{v}");
 
+    // Time travel keeps the row filter: a new version, and the county bureau
+    // reading the first one still sees its county only.
+    let csv = format!(
+        "id_number,name,birth_date,county_code,income\n{},赵六,1985-01-01,441402,400\n",
+        id_number("441402", "19850101", 4)
+    );
+    let (code, v) =
+        s.upload("/api/v1/datasets/gongan.population/versions", &steward, "text/csv", csv.into_bytes(), &[]).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    for (version, all) in [(1, 3), (2, 4)] {
+        let body = json!({"sql": "SELECT count(*) FROM gongan.population", "as_of": {"gongan.population": version}});
+        let (code, v) = s.post("/api/v1/query", &county, body.clone()).await;
+        assert_eq!((code, rows(&v)), (StatusCode::OK, vec![vec![json!(2)]]), "version {version}: {v}");
+        let (_, v) = s.post("/api/v1/query", &steward, body).await;
+        assert_eq!(rows(&v), vec![vec![json!(all)]], "version {version} in full");
+    }
+
     // The steward previews its dataset as the county bureau sees it; others cannot.
     let (code, v) = s
         .post(
