@@ -339,3 +339,28 @@ pub fn refuse_statement(sql: &str) -> Option<String> {
     (!allowed)
         .then(|| "only queries (SELECT, WITH, VALUES), SHOW TABLES, SHOW COLUMNS and EXPLAIN of a query may run".into())
 }
+
+/// Plans and starts `df`. Joins without an equality condition (cross and
+/// nested-loop joins) may emit batch after batch without ever waiting on
+/// their inputs, so nothing would give the task back to the runtime: the
+/// query could neither be stopped by its deadline nor by a client going
+/// away, and it would hold a worker of the server. Each such join is wrapped
+/// so that it spends the task's cooperative budget and yields when it is
+/// spent; dropping the stream then stops the query.
+pub async fn execute(df: datafusion::dataframe::DataFrame) -> DfResult<SendableRecordBatchStream> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::coop::CooperativeExec;
+    use datafusion::physical_plan::joins::{CrossJoinExec, NestedLoopJoinExec};
+    let task = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let plan = plan
+        .transform_up(|node| {
+            Ok(if node.is::<CrossJoinExec>() || node.is::<NestedLoopJoinExec>() {
+                Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
+            } else {
+                Transformed::no(node)
+            })
+        })?
+        .data;
+    datafusion::physical_plan::execute_stream(plan, task)
+}

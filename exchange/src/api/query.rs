@@ -182,7 +182,7 @@ pub async fn query(
             axum::Json(answer).into_response()
         }
         other => {
-            let stream = tokio::time::timeout_at(deadline, df.execute_stream())
+            let stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
                 .await
                 .map_err(|_| too_long())?
                 .map_err(query_error)?;
@@ -480,7 +480,7 @@ async fn json_answer(
     limit: usize,
 ) -> ApiResult<QueryResult> {
     let schema = df.schema().as_arrow().clone();
-    let mut stream = df.execute_stream().await.map_err(query_error)?;
+    let mut stream = crate::query::execute(df).await.map_err(query_error)?;
     let mut rows = Vec::new();
     while rows.len() <= limit {
         let Some(batch) = stream.next().await else { break };

@@ -186,11 +186,14 @@ async fn each_identity_reads_what_the_rules_allow() {
     assert_eq!(q(&s, ADMIN, "SELECT 1").await.0, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
+// Two workers: a query that never gave its worker back would still let the
+// test's own deadlines fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_versions_and_memory() {
     let s = TestServer::start_with(|c| {
         c.query_memory_bytes = 4 * 1024 * 1024;
         c.query_max_rows = 2;
+        c.query_timeout_secs = 3;
     })
     .await;
     s.department("gongan", "梅州市公安局", "441400").await;
@@ -226,6 +229,24 @@ async fn limits_versions_and_memory() {
     // A query past its memory fails cleanly, and the server keeps serving.
     let (code, v) = q(&s, &steward, "SELECT a.value FROM generate_series(1, 3000000) a ORDER BY a.value DESC").await;
     assert_eq!((code, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("resources_exhausted")), "{v}");
+    assert_eq!(q(&s, &steward, "SELECT 1").await.0, StatusCode::OK);
+    // A cross join of 9·10¹² pairs streams within the memory limit; it runs
+    // until its time is up, then stops; meanwhile the server keeps answering.
+    let sql = "SELECT count(*) FROM generate_series(1, 3000000) a CROSS JOIN generate_series(1, 3000000) b";
+    let long = q(&s, &steward, sql);
+    tokio::pin!(long);
+    let health = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        s.call(Method::GET, "/healthz", None, None).await.0
+    };
+    tokio::select! {
+        (code, v) = &mut long => panic!("the cross join ended first: {code} {v}"),
+        code = health => assert_eq!(code, StatusCode::OK),
+    }
+    let (code, v) = tokio::time::timeout(std::time::Duration::from_secs(30), long)
+        .await
+        .expect("the cross join is stopped at its deadline (3 s), not long after");
+    assert_eq!((code, v["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")), "{v}");
     assert_eq!(q(&s, &steward, "SELECT 1").await.0, StatusCode::OK);
     let spill = s.data_dir().join("tmp/query-spill");
     assert_eq!(std::fs::read_dir(&spill).map(|d| d.count()).unwrap_or(0), 0, "no spill file outlives its query");
