@@ -175,12 +175,7 @@ pub async fn query(
         "query planned"
     );
     let mut response = match format {
-        AnswerFormat::Json => {
-            let answer = tokio::time::timeout_at(deadline, json_answer(df, versions.clone(), limit))
-                .await
-                .map_err(|_| too_long())??;
-            axum::Json(answer).into_response()
-        }
+        AnswerFormat::Json => json_answer(df, versions.clone(), limit, deadline).await?,
         other => {
             let stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
                 .await
@@ -472,30 +467,106 @@ fn referenced_tables(
     Some(out)
 }
 
-/// The answer as JSON rows, up to `limit`. Rows stream in; past the limit
-/// the stream is dropped, which stops the query.
+/// Rows a JSON answer holds before it commits to `200` and streams the rest.
+const JSON_BUFFER_ROWS: usize = 1000;
+
+/// The answer as JSON, up to `limit` rows. An answer of up to
+/// [`JSON_BUFFER_ROWS`] rows is built whole, so that an error while it runs
+/// is still a proper problem answer; a longer one is written as its rows
+/// arrive (`columns` and `versions` first, `truncated` last), and a failure
+/// or the deadline midway cuts the body, as for the other formats. Past the
+/// limit the query's stream is dropped, which stops it.
 async fn json_answer(
     df: datafusion::dataframe::DataFrame,
     versions: BTreeMap<String, i64>,
     limit: usize,
-) -> ApiResult<QueryResult> {
+    deadline: tokio::time::Instant,
+) -> ApiResult<Response> {
+    let too_long = || ApiError::new(error::UNAVAILABLE, "the query ran longer than its time limit and was stopped");
     let schema = df.schema().as_arrow().clone();
-    let mut stream = crate::query::execute(df).await.map_err(query_error)?;
-    let mut rows = Vec::new();
-    while rows.len() <= limit {
-        let Some(batch) = stream.next().await else { break };
-        let batch = batch.map_err(query_error)?;
-        rows.extend(json_rows(&batch).map_err(|e| ApiError::internal(&e))?);
-    }
-    drop(stream);
-    let truncated = rows.len() > limit;
-    rows.truncate(limit);
-    let columns = schema
+    let columns: Vec<ResultColumn> = schema
         .fields()
         .iter()
         .map(|f| ResultColumn { name: f.name().clone(), data_type: f.data_type().to_string() })
         .collect();
-    Ok(QueryResult { columns, rows, versions, truncated })
+    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
+        .await
+        .map_err(|_| too_long())?
+        .map_err(query_error)?;
+    let mut rows = Vec::new();
+    let mut ended = false;
+    while rows.len() <= limit && rows.len() < JSON_BUFFER_ROWS {
+        match tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())? {
+            None => {
+                ended = true;
+                break;
+            }
+            Some(batch) => rows.extend(json_rows(&batch.map_err(query_error)?).map_err(|e| ApiError::internal(&e))?),
+        }
+    }
+    if ended || rows.len() > limit {
+        drop(stream);
+        let truncated = rows.len() > limit;
+        rows.truncate(limit);
+        return Ok(axum::Json(QueryResult { columns, rows, versions, truncated }).into_response());
+    }
+    // Long: stream the rest.
+    let head = serde_json::json!({"columns": columns, "versions": versions});
+    let mut first = head.to_string();
+    first.pop(); // the closing brace: rows and truncated follow
+    first.push_str(",\"rows\":[");
+    first.push_str(&join_rows(&rows, true).map_err(|e| ApiError::internal(&e))?);
+    let sent = rows.len();
+    let state = (Some(stream), sent, Some(first), false);
+    let body = futures::stream::unfold(state, move |(stream, sent, first, done)| async move {
+        if done {
+            return None;
+        }
+        if let Some(first) = first {
+            return Some((Ok(axum::body::Bytes::from(first)), (stream, sent, None, false)));
+        }
+        let mut stream = stream?;
+        // Past the limit: one more row tells whether the answer was cut.
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let batch = match next {
+            Err(_) => return Some((Err(std::io::Error::other("the query ran out of time")), (None, sent, None, true))),
+            Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e.to_string())), (None, sent, None, true))),
+            Ok(Some(Ok(b))) => b,
+            Ok(None) => return Some((Ok(axum::body::Bytes::from("],\"truncated\":false}")), (None, sent, None, true))),
+        };
+        if batch.num_rows() == 0 {
+            return Some((Ok(axum::body::Bytes::new()), (Some(stream), sent, None, false)));
+        }
+        if sent >= limit {
+            return Some((Ok(axum::body::Bytes::from("],\"truncated\":true}")), (None, sent, None, true)));
+        }
+        let take = batch.num_rows().min(limit - sent);
+        let chunk = json_rows(&batch.slice(0, take))
+            .map_err(std::io::Error::other)
+            .and_then(|r| join_rows(&r, sent == 0).map_err(std::io::Error::other));
+        let failed = chunk.is_err();
+        let cut = take < batch.num_rows();
+        let chunk = chunk.map(|mut c| {
+            if cut {
+                c.push_str("],\"truncated\":true}");
+            }
+            axum::body::Bytes::from(c)
+        });
+        Some((chunk, (Some(stream), sent + take, None, failed || cut)))
+    });
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+}
+
+/// Rows as JSON arrays separated by commas, with a leading comma unless `first`.
+fn join_rows(rows: &[Vec<Value>], first: bool) -> Result<String, serde_json::Error> {
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 || !first {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(row)?);
+    }
+    Ok(out)
 }
 
 /// A batch's rows as JSON arrays (columns renamed first: names may repeat;

@@ -399,3 +399,27 @@ async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() 
     let (_, v) = s.get("/api/v1/datasets/gongan.residents", &analyst).await;
     assert_eq!(v["access"], "requestable", "{v}");
 }
+
+#[tokio::test]
+async fn long_json_answers_stream_and_stay_well_formed() {
+    let s = TestServer::start_with(|c| c.query_max_rows = 10_000).await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    // Short answers are built whole; longer ones stream (in batches of 8192
+    // rows here), and the cap cuts the second batch.
+    for (n, want, truncated) in [(500, 500, false), (3000, 3000, false), (9000, 9000, false), (20_000, 10_000, true)] {
+        let sql = format!(
+            "SELECT value AS n, 'x' || CAST(value AS VARCHAR) AS label FROM generate_series(1, {n}) ORDER BY value"
+        );
+        let (code, v) = q(&s, &steward, &sql).await;
+        assert_eq!(code, StatusCode::OK, "{n}: {v}");
+        let r = rows(&v);
+        assert_eq!((r.len(), v["truncated"].as_bool()), (want, Some(truncated)), "{n}");
+        assert_eq!(
+            (r[0].clone(), r[want - 1].clone()),
+            (vec![json!(1), json!("x1")], vec![json!(want), json!(format!("x{want}"))])
+        );
+        assert_eq!(v["columns"][1]["name"], "label", "{n}");
+        assert_eq!(v["versions"], json!({}), "{n}");
+    }
+}
