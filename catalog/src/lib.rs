@@ -15,6 +15,7 @@ pub mod sqlite;
 pub mod store;
 pub mod token;
 pub mod validate;
+pub mod workdays;
 
 pub use catalog::{Catalog, IssuedToken};
 pub use error::{Error, FieldError, Result};
