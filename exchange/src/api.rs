@@ -9,6 +9,7 @@ pub mod datasets;
 pub mod departments;
 pub mod error;
 pub mod extract;
+pub mod grants;
 pub mod me;
 pub mod policy;
 pub mod principals;
@@ -40,7 +41,7 @@ use error::ApiError;
         principals::create_token, principals::list_tokens, principals::revoke_token,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
         versions::push, versions::rejects, versions::maintain,
-        policy::get, policy::set, query::query,
+        policy::get, policy::set, query::query, grants::list, grants::revoke,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
@@ -124,6 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}/maintenance", post(versions::maintain))
         .route("/api/v1/datasets/{id}/policy", get(policy::get).put(policy::set))
         .route("/api/v1/query", post(query::query))
+        .route("/api/v1/grants", get(grants::list))
+        .route("/api/v1/grants/{id}", delete(grants::revoke))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

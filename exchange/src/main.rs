@@ -48,6 +48,9 @@ enum Command {
     /// A dataset's masks and row filters (stewards of its department).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Grants in force and past: list them, revoke one (stewards of the providing department).
+    #[command(subcommand)]
+    Grant(GrantCmd),
     /// Run one governed SQL query over what the token may read.
     Sql {
         /// The query, e.g. `SELECT county_code, count(*) FROM gongan.population GROUP BY 1`.
@@ -279,6 +282,24 @@ enum SqlFormat {
 }
 
 #[derive(Debug, Subcommand)]
+enum GrantCmd {
+    /// The grants the token may see, newest first.
+    List {
+        /// Only grants of this dataset.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Only grants to this department.
+        #[arg(long)]
+        department: Option<String>,
+    },
+    /// Revoke a grant: the department loses what it granted at once.
+    Revoke {
+        /// The grant id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum PolicyCmd {
     /// Show the masks and row filters.
     Show {
@@ -484,6 +505,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 gdx_exchange::out!("token {} issued to {}", v["id"].as_str().unwrap_or("?"), principal);
                 gdx_exchange::out!("token (shown once, keep it safe): {}", v["token"].as_str().unwrap_or("?"));
+            }
+        }
+        Command::Grant(GrantCmd::List { dataset, department }) => {
+            let mut q = Vec::new();
+            q.extend(dataset.map(|d| ("dataset", d)));
+            q.extend(department.map(|d| ("department", d)));
+            let v = client()?.get("/api/v1/grants", &q).await?;
+            let columns = [
+                ("id", "id"),
+                ("dataset", "dataset"),
+                ("department", "department"),
+                ("columns", "columns"),
+                ("unmask", "unmask"),
+                ("row_filter", "row filter"),
+                ("expires_at", "expires"),
+                ("revoked_at", "revoked"),
+            ];
+            if json {
+                print_object(&v, true);
+            } else {
+                print_list(&json!({"items": v}), &columns, false);
+            }
+        }
+        Command::Grant(GrantCmd::Revoke { id }) => {
+            client()?.call(reqwest::Method::DELETE, &format!("/api/v1/grants/{}", enc(&id)), &[], None).await?;
+            if !json {
+                gdx_exchange::out!("grant {id} revoked");
             }
         }
         Command::Token(TokenCmd::Revoke { id }) => {

@@ -197,6 +197,11 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert_eq!((r.code, r.stdout.lines().collect::<Vec<_>>()), (0, vec!["name", masked.as_str()]), "{}", r.stderr);
     let r = gdx(&url, Some(&outsider), &["sql", "DROP TABLE gongan.population", "--format", "csv"]).await;
     assert!(r.code != 0 && r.stdout.is_empty() && r.stderr.contains("may not run (400)"), "{}", r.stderr);
+    // Grants: none yet; an unknown one cannot be revoked.
+    let r = gdx(&url, Some(&steward), &["grant", "list", "--dataset", "gongan.population", "--json"]).await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "[]"), "{}", r.stderr);
+    let r = gdx(&url, Some(&steward), &["grant", "revoke", "gr_nothing"]).await;
+    assert!(r.code != 0 && r.stderr.contains("(404)"), "{}", r.stderr);
     // A bad file: the problems, row by row, and a non-zero exit.
     let broken = dir.path().join("broken.csv");
     std::fs::write(

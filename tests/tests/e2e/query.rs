@@ -387,6 +387,7 @@ async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() 
         id: "gr_2".into(),
         expires_at: None,
         columns: None,
+        created_at: chrono::Utc::now(),
         ..store.grant("gr_1").await.expect("grant")
     };
     store.create_grant(grant).await.expect("grant");
@@ -396,6 +397,33 @@ async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() 
     store.revoke_grant("gr_2", chrono::Utc::now()).await.expect("revoke");
     let took = until(&s, &analyst, sql, "\"table_not_found\"", std::time::Duration::from_secs(2)).await;
     assert!(took < std::time::Duration::from_millis(1500), "took {took:?}");
+
+    // The grants API: the consumer and the provider see them, others do not;
+    // only the provider's stewards revoke, and that ends the grant at once.
+    let grant = gdx_catalog::Grant { id: "gr_3".into(), ..store.grant("gr_2").await.expect("grant") };
+    let grant = gdx_catalog::Grant { revoked_at: None, created_at: chrono::Utc::now(), ..grant };
+    store.create_grant(grant).await.expect("grant");
+    until(&s, &analyst, sql, "rows 1", std::time::Duration::from_secs(2)).await;
+    let other = s.principal("ot", "renshe", &["steward"]).await;
+    s.department("minzheng", "梅州市民政局", "441400").await;
+    let stranger = s.principal("mz", "minzheng", &["analyst"]).await;
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array().expect("list").iter().filter_map(|g| g["id"].as_str().map(String::from)).collect()
+    };
+    let (code, v) = s.get("/api/v1/grants?dataset=gongan.residents", &analyst).await;
+    assert_eq!((code, ids(&v)), (StatusCode::OK, vec!["gr_3".to_string(), "gr_2".into(), "gr_1".into()]), "{v}");
+    assert_eq!(ids(&s.get("/api/v1/grants", &steward).await.1).len(), 3);
+    assert_eq!(ids(&s.get("/api/v1/grants", &stranger).await.1), Vec::<String>::new());
+    assert_eq!(s.call(Method::DELETE, "/api/v1/grants/gr_3", Some(&analyst), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.call(Method::DELETE, "/api/v1/grants/gr_3", Some(&other), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.call(Method::DELETE, "/api/v1/grants/gr_9", Some(&steward), None).await.0, StatusCode::NOT_FOUND);
+    let (code, _) = s.call(Method::DELETE, "/api/v1/grants/gr_3", Some(&steward), None).await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (_, v) = q(&s, &analyst, sql).await;
+    assert_eq!(v["code"], "table_not_found", "revoked through the API: at once, {v}");
+    let (_, v) = s.get("/api/v1/grants?department=renshe", &steward).await;
+    assert!(v[0]["revoked_at"].is_string(), "{v}");
+    assert_eq!(s.call(Method::DELETE, "/api/v1/grants/gr_3", Some(ADMIN), None).await.0, StatusCode::NO_CONTENT);
     let (_, v) = s.get("/api/v1/datasets/gongan.residents", &analyst).await;
     assert_eq!(v["access"], "requestable", "{v}");
 }
