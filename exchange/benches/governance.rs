@@ -6,7 +6,7 @@
 //!
 //! `scripts/bench-query.sh` runs it and DuckDB on the same files; by hand:
 //!
-//!     cargo bench -p gdx-exchange --bench governance -- --rows 10000000 --runs 5 --out /tmp/q.json
+//!     cargo bench --workspace --bench governance -- --rows 10000000 --runs 5 --out /tmp/q.json
 //!
 //! Readers: an analyst of a third department (minzheng: masks, and a grant of
 //! the conditional pension register with the amount unmasked) and the Meixian

@@ -2,7 +2,8 @@
 //! the metadata store: cached plans (the path every query takes), decisions
 //! made anew (casbin's matcher and the plan compiled), and reloading the rules.
 //!
-//! `cargo bench -p gdx-policies --bench decisions`
+//! `cargo bench --workspace --bench decisions` (with `-p gdx-policies` alone cargo
+//! resolves other features and rebuilds the dependency tree)
 
 use std::sync::Arc;
 
