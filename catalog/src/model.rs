@@ -349,6 +349,11 @@ pub struct NewColumn {
     pub description: Option<String>,
 }
 
+/// The provider department of a dataset id (`{department}.{name}`).
+pub fn provider_of(dataset_id: &str) -> &str {
+    dataset_id.split_once('.').map(|(d, _)| d).unwrap_or(dataset_id)
+}
+
 /// A catalogue entry (information resource).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Dataset {

@@ -385,6 +385,34 @@ fn remove_rule(tx: &Connection, r: &CasbinRule) -> Result<usize> {
     Ok(tx.execute("DELETE FROM casbin_rules WHERE ptype = ?1 AND rule = ?2", params![r.ptype, rule_json(r)?])?)
 }
 
+/// Applies `one` to each rule; moves the epoch on if any changed. Whether any did.
+fn change_rules(
+    tx: &Connection,
+    rules: &[CasbinRule],
+    one: fn(&Connection, &CasbinRule) -> Result<usize>,
+) -> Result<bool> {
+    let mut changed = 0;
+    for r in rules {
+        changed += one(tx, r)?;
+    }
+    if changed > 0 {
+        bump_epoch(tx)?;
+    }
+    Ok(changed > 0)
+}
+
+/// (dataset, department) pairs whose casbin link is still there although
+/// one of their grants has ended by `now`.
+fn expired_links(c: &Connection, now: DateTime<Utc>) -> Result<Vec<(String, String)>> {
+    let mut stmt = c.prepare(
+        "SELECT DISTINCT g.dataset, g.department FROM grants g
+         WHERE g.revoked_at IS NULL AND g.expires_at IS NOT NULL AND g.expires_at <= ?1
+           AND EXISTS (SELECT 1 FROM casbin_rules r WHERE r.ptype = 'g2' AND r.rule = json_array(g.department, g.dataset))",
+    )?;
+    let rows = stmt.query_map([ts(&now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Makes the casbin link of a (dataset, department) pair follow its grants:
 /// present while any of them is in force at `now`. Whether it is present.
 fn sync_grant_link(tx: &Connection, dataset: &str, department: &str, now: DateTime<Utc>) -> Result<bool> {
@@ -877,31 +905,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn add_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool> {
-        self.write(move |tx| {
-            let mut added = 0;
-            for r in &rules {
-                added += add_rule(tx, r)?;
-            }
-            if added > 0 {
-                bump_epoch(tx)?;
-            }
-            Ok(added > 0)
-        })
-        .await
+        self.write(move |tx| change_rules(tx, &rules, add_rule)).await
     }
 
     async fn remove_casbin_rules(&self, rules: Vec<CasbinRule>) -> Result<bool> {
-        self.write(move |tx| {
-            let mut removed = 0;
-            for r in &rules {
-                removed += remove_rule(tx, r)?;
-            }
-            if removed > 0 {
-                bump_epoch(tx)?;
-            }
-            Ok(removed > 0)
-        })
-        .await
+        self.write(move |tx| change_rules(tx, &rules, remove_rule)).await
     }
 
     async fn remove_filtered_casbin_rules(&self, ptype: &str, field_index: usize, values: Vec<String>) -> Result<bool> {
@@ -1016,23 +1024,14 @@ impl MetaStore for SqliteStore {
     }
 
     async fn expire_grants(&self, now: DateTime<Utc>) -> Result<usize> {
+        // Called twice a second: the writer is taken only when a link is due to go.
+        if self.read(move |c| expired_links(c, now)).await?.is_empty() {
+            return Ok(0);
+        }
         self.write(move |tx| {
-            // Pairs whose link is still there but one of whose grants has expired.
-            let mut pairs = Vec::new();
-            {
-                let mut stmt = tx.prepare(
-                    "SELECT DISTINCT g.dataset, g.department FROM grants g
-                     WHERE g.revoked_at IS NULL AND g.expires_at IS NOT NULL AND g.expires_at <= ?1
-                       AND EXISTS (SELECT 1 FROM casbin_rules r WHERE r.ptype = 'g2' AND r.rule = json_array(g.department, g.dataset))",
-                )?;
-                let rows = stmt.query_map([ts(&now)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-                for row in rows {
-                    pairs.push(row?);
-                }
-            }
             let mut removed = 0;
-            for (dataset, department) in &pairs {
-                removed += usize::from(!sync_grant_link(tx, dataset, department, now)?);
+            for (dataset, department) in expired_links(tx, now)? {
+                removed += usize::from(!sync_grant_link(tx, &dataset, &department, now)?);
             }
             if removed > 0 {
                 bump_epoch(tx)?;

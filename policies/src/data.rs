@@ -99,10 +99,7 @@ impl DataAuthorizer {
         policy: &std::path::Path,
         store: Arc<dyn MetaStore>,
     ) -> Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|source| Error::Io { path: p.to_path_buf(), source })
-        };
-        Self::from_text(&read(model)?, &read(policy)?, store).await
+        Self::from_text(&crate::error::read_file(model)?, &crate::error::read_file(policy)?, store).await
     }
 
     /// An authoriser from model and default policy text.

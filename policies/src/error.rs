@@ -32,3 +32,8 @@ pub enum Error {
 
 /// Result with the policies' [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Reads a policy file.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}

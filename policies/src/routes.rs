@@ -6,7 +6,7 @@ use std::sync::RwLock;
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
 use gdx_catalog::Principal;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The casbin model of routes, as shipped in `policies/route_model.conf`.
 pub const ROUTE_MODEL: &str = include_str!("../route_model.conf");
@@ -62,8 +62,7 @@ impl RouteAuthorizer {
 
     /// An authoriser from a model and policy read from files.
     pub async fn from_files(model: &Path, policy: &Path) -> Result<Self> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| Error::Io { path: p.to_path_buf(), source });
-        Self::from_text(&read(model)?, &read(policy)?).await
+        Self::from_text(&crate::error::read_file(model)?, &crate::error::read_file(policy)?).await
     }
 
     /// An authoriser from model and policy text.

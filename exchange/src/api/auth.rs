@@ -75,8 +75,7 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 fn scope_of(principal: &Principal, route: &str, method: &Method, params: &[(String, String)]) -> Scope {
     if route.starts_with("/api/v1/datasets/{id}") {
         let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or("");
-        let department = id.split_once('.').map(|(d, _)| d).unwrap_or(id);
-        return Scope::of(principal, department);
+        return Scope::of(principal, gdx_catalog::provider_of(id));
     }
     if (route == "/api/v1/datasets" && method == Method::POST)
         || (route == "/api/v1/grants/{id}" && method == Method::DELETE)

@@ -5,7 +5,7 @@
 use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
-use gdx_catalog::{Grant, Role};
+use gdx_catalog::{Grant, Role, provider_of};
 use serde::Deserialize;
 
 use super::auth::Caller;
@@ -21,11 +21,6 @@ pub struct GrantParams {
     pub dataset: Option<String>,
     /// Only grants to this department.
     pub department: Option<String>,
-}
-
-/// The department providing a dataset (`{department}.{name}`).
-fn provider(dataset: &str) -> &str {
-    dataset.split_once('.').map(|(d, _)| d).unwrap_or(dataset)
 }
 
 /// Grants, newest first, revoked ones included: an administrator sees all; a
@@ -46,7 +41,7 @@ pub async fn list(
         .filter(|g| {
             who.has_role(Role::Admin)
                 || own == Some(g.department.as_str())
-                || (who.has_role(Role::Steward) && own == Some(provider(&g.dataset)))
+                || (who.has_role(Role::Steward) && own == Some(provider_of(&g.dataset)))
         })
         .collect();
     Ok(axum::Json(visible))
@@ -65,7 +60,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let grant = state.catalog.store().grant(&id).await?;
-    caller.require(&state, &Method::DELETE, provider(&grant.dataset))?;
+    caller.require(&state, &Method::DELETE, provider_of(&grant.dataset))?;
     state.catalog.store().revoke_grant(&id, gdx_catalog::now()).await?;
     state.data.refresh().await.map_err(|e| ApiError::internal(&e))?;
     tracing::info!(grant = %id, dataset = %grant.dataset, department = %grant.department, principal = %caller.principal.id, "grant revoked");

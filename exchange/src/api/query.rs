@@ -69,6 +69,11 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
+/// The answer to a query stopped at its time limit.
+fn too_long(limit: std::time::Duration) -> ApiError {
+    ApiError::new(error::UNAVAILABLE, format!("the query ran longer than {} s and was stopped", limit.as_secs()))
+}
+
 fn query_error(e: DataFusionError) -> ApiError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => ApiError::new(
@@ -160,9 +165,7 @@ pub async fn query(
     let limit = request.limit.unwrap_or(max_rows).clamp(1, max_rows);
     let timeout = std::time::Duration::from_secs(state.config.query_timeout_secs.max(1));
     let deadline = tokio::time::Instant::now() + timeout;
-    let too_long = || {
-        ApiError::new(error::UNAVAILABLE, format!("the query ran longer than {} s and was stopped", timeout.as_secs()))
-    };
+    let too_long = || too_long(timeout);
     // The query's future is dropped when the time is up, which stops it.
     let (df, versions) = tokio::time::timeout_at(deadline, prepare(&state, &caller, viewer.as_ref(), &request))
         .await
@@ -175,7 +178,7 @@ pub async fn query(
         "query planned"
     );
     let mut response = match format {
-        AnswerFormat::Json => json_answer(df, versions.clone(), limit, deadline).await?,
+        AnswerFormat::Json => json_answer(df, versions.clone(), limit, deadline, timeout).await?,
         other => {
             let stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
                 .await
@@ -481,8 +484,9 @@ async fn json_answer(
     versions: BTreeMap<String, i64>,
     limit: usize,
     deadline: tokio::time::Instant,
+    deadline_after: std::time::Duration,
 ) -> ApiResult<Response> {
-    let too_long = || ApiError::new(error::UNAVAILABLE, "the query ran longer than its time limit and was stopped");
+    let too_long = || too_long(deadline_after);
     let schema = df.schema().as_arrow().clone();
     let columns: Vec<ResultColumn> = schema
         .fields()
