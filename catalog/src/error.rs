@@ -45,6 +45,14 @@ pub enum Error {
         /// The colliding value.
         value: String,
     },
+    /// The object was answered (approved, rejected, resolved) already.
+    #[error("{kind} '{id}' was answered already")]
+    Answered {
+        /// What kind of object.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
     /// The metadata database failed.
     #[error("metadata store: {source}")]
     Store {

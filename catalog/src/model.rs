@@ -673,3 +673,150 @@ pub struct CasbinRule {
     /// The rule's values (at most six).
     pub values: Vec<String>,
 }
+
+string_enum!(
+    /// Where a sharing request stands.
+    RequestStatus { Pending => "pending", Approved => "approved", Rejected => "rejected" }
+);
+string_enum!(
+    /// Where a data-quality feedback stands.
+    FeedbackStatus { Open => "open", Corrected => "corrected", Rejected => "rejected" }
+);
+
+/// What a grant lets a department read of a dataset (asked for, or approved).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GrantScope {
+    /// Only these columns are readable; `None` for every column the policy shows.
+    pub columns: Option<Vec<String>>,
+    /// Personal columns to be shown in clear.
+    #[serde(default)]
+    pub unmask: Vec<String>,
+    /// A row filter (the language of a policy's row filters).
+    pub row_filter: Option<String>,
+    /// When the grant ends; `None` for never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A sharing request: a department asks a provider for a dataset (or, for an
+/// unconditional one, for personal columns in clear), with a purpose, and is
+/// answered within a deadline counted in working days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SharingRequest {
+    /// Request id.
+    pub id: String,
+    /// The dataset asked for.
+    pub dataset: String,
+    /// The department that provides it.
+    pub provider: String,
+    /// The department asking.
+    pub department: String,
+    /// The principal who asked.
+    pub requested_by: String,
+    /// What the data is for (required).
+    pub purpose: String,
+    /// What was asked for.
+    pub requested: GrantScope,
+    /// `pending`, `approved` or `rejected`.
+    pub status: RequestStatus,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it must be answered: the end of the last working day, Asia/Shanghai.
+    pub due_at: DateTime<Utc>,
+    /// That day, in Asia/Shanghai.
+    pub due_on: NaiveDate,
+    /// How the deadline was counted (holidays skipped, make-up days counted).
+    pub due_explanation: String,
+    /// Whether it was still pending after `due_at` (at the time of reading, or when it was answered).
+    #[serde(default)]
+    pub overdue: bool,
+    /// Who answered it.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// What was approved (never wider than what was asked for).
+    pub approved: Option<GrantScope>,
+    /// The grant an approval created.
+    pub grant_id: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+}
+
+impl SharingRequest {
+    /// Sets `overdue` as of `now`: pending past the deadline, or answered after it.
+    pub fn with_overdue(mut self, now: DateTime<Utc>) -> Self {
+        self.overdue = match self.decided_at {
+            Some(at) => at > self.due_at,
+            None => now > self.due_at,
+        };
+        self
+    }
+}
+
+/// A data-quality feedback (doubt and correction): a consumer flags a record
+/// of a dataset; the provider's stewards answer it by a deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Feedback {
+    /// Feedback id.
+    pub id: String,
+    /// The dataset.
+    pub dataset: String,
+    /// The department that provides it.
+    pub provider: String,
+    /// The department that flagged the record.
+    pub department: String,
+    /// The principal who flagged it.
+    pub created_by: String,
+    /// The record's key (its primary key value, or `col=value&...` for a composite key).
+    pub key: String,
+    /// The column in doubt, if one.
+    pub column: Option<String>,
+    /// What seems wrong.
+    pub comment: String,
+    /// `open`, `corrected` or `rejected`.
+    pub status: FeedbackStatus,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When it must be answered (end of the last working day, Asia/Shanghai).
+    pub due_at: DateTime<Utc>,
+    /// That day, in Asia/Shanghai.
+    pub due_on: NaiveDate,
+    /// Whether it was still open after `due_at` (at reading, or when resolved).
+    #[serde(default)]
+    pub overdue: bool,
+    /// The version that corrected the record.
+    pub version: Option<i64>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+    /// When.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl Feedback {
+    /// Sets `overdue` as of `now`.
+    pub fn with_overdue(mut self, now: DateTime<Utc>) -> Self {
+        self.overdue = match self.resolved_at {
+            Some(at) => at > self.due_at,
+            None => now > self.due_at,
+        };
+        self
+    }
+}
+
+/// Which requests or feedback to list.
+#[derive(Debug, Clone, Default)]
+pub struct WorkQuery {
+    /// Only those of datasets this department provides.
+    pub provider: Option<String>,
+    /// Only those made by this department.
+    pub department: Option<String>,
+    /// Only those this department provides or made (either side).
+    pub involving: Option<String>,
+    /// Only this status (`pending`/`approved`/`rejected`, `open`/`corrected`/`rejected`).
+    pub status: Option<String>,
+    /// Only those still unanswered after their deadline, as of this instant.
+    pub overdue_at: Option<DateTime<Utc>>,
+    /// Only those of this dataset.
+    pub dataset: Option<String>,
+}

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::*;
@@ -122,6 +123,36 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX grants_pair ON grants(dataset, department);
     CREATE INDEX grants_expiry ON grants(expires_at) WHERE expires_at IS NOT NULL AND revoked_at IS NULL;
+    "#,
+    // 4: sharing requests and data-quality feedback (the whole object as JSON,
+    // with the columns they are listed by).
+    r#"
+    CREATE TABLE sharing_requests (
+        id          TEXT PRIMARY KEY,
+        dataset     TEXT NOT NULL REFERENCES datasets(id),
+        provider    TEXT NOT NULL,
+        department  TEXT NOT NULL REFERENCES departments(id),
+        status      TEXT NOT NULL,
+        due_at      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        doc         TEXT NOT NULL
+    );
+    CREATE INDEX sharing_requests_provider ON sharing_requests(provider, created_at);
+    CREATE INDEX sharing_requests_department ON sharing_requests(department, created_at);
+    CREATE INDEX sharing_requests_pending ON sharing_requests(due_at) WHERE status = 'pending';
+    CREATE TABLE feedback (
+        id          TEXT PRIMARY KEY,
+        dataset     TEXT NOT NULL REFERENCES datasets(id),
+        provider    TEXT NOT NULL,
+        department  TEXT NOT NULL REFERENCES departments(id),
+        status      TEXT NOT NULL,
+        due_at      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        doc         TEXT NOT NULL
+    );
+    CREATE INDEX feedback_provider ON feedback(provider, created_at);
+    CREATE INDEX feedback_department ON feedback(department, created_at);
+    CREATE INDEX feedback_open ON feedback(due_at) WHERE status = 'open';
     "#,
 ];
 
@@ -445,6 +476,108 @@ fn get_grant(c: &Connection, id: &str) -> Result<Grant> {
         .optional()?
         .ok_or_else(|| not_found("grant", id))?;
     parse_grant(&doc)
+}
+
+/// The two tables of work items answered by deadline: sharing requests and feedback.
+trait WorkItem: Serialize + serde::de::DeserializeOwned + Send + 'static {
+    const TABLE: &'static str;
+    const KIND: &'static str;
+    /// The status that means "not answered yet".
+    const OPEN: &'static str;
+    fn id(&self) -> &str;
+    fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>);
+}
+
+impl WorkItem for SharingRequest {
+    const TABLE: &'static str = "sharing_requests";
+    const KIND: &'static str = "sharing request";
+    const OPEN: &'static str = "pending";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>) {
+        (&self.dataset, &self.provider, &self.department, self.status.to_string(), self.due_at, self.created_at)
+    }
+}
+
+impl WorkItem for Feedback {
+    const TABLE: &'static str = "feedback";
+    const KIND: &'static str = "feedback";
+    const OPEN: &'static str = "open";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>) {
+        (&self.dataset, &self.provider, &self.department, self.status.to_string(), self.due_at, self.created_at)
+    }
+}
+
+fn work_doc<T: WorkItem>(item: &T) -> Result<String> {
+    serde_json::to_string(item).map_err(|e| Error::Corrupt { what: T::KIND, message: e.to_string() })
+}
+
+fn get_work<T: WorkItem>(c: &Connection, id: &str) -> Result<T> {
+    let doc: String = c
+        .query_row(&format!("SELECT doc FROM {} WHERE id = ?1", T::TABLE), [id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found(T::KIND, id))?;
+    serde_json::from_str(&doc).map_err(|e| Error::Corrupt { what: T::KIND, message: e.to_string() })
+}
+
+fn insert_work<T: WorkItem>(tx: &Connection, item: &T) -> Result<()> {
+    let (dataset, provider, department, status, due_at, created_at) = item.columns();
+    get_dataset(tx, dataset)?;
+    if !exists(tx, "SELECT 1 FROM departments WHERE id = ?1", department)? {
+        return Err(not_found("department", department));
+    }
+    if exists(tx, &format!("SELECT 1 FROM {} WHERE id = ?1", T::TABLE), item.id())? {
+        return Err(Error::Conflict { kind: T::KIND, field: "id", value: item.id().to_string() });
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {} (id, dataset, provider, department, status, due_at, created_at, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            T::TABLE
+        ),
+        params![item.id(), dataset, provider, department, status, ts(&due_at), ts(&created_at), work_doc(item)?],
+    )?;
+    Ok(())
+}
+
+/// Replaces an unanswered item by its answered state; `Conflict` when it was answered already.
+fn answer_work<T: WorkItem>(tx: &Connection, item: &T) -> Result<()> {
+    let (_, _, _, status, _, _) = item.columns();
+    let changed = tx.execute(
+        &format!("UPDATE {} SET status = ?2, doc = ?3 WHERE id = ?1 AND status = ?4", T::TABLE),
+        params![item.id(), status, work_doc(item)?, T::OPEN],
+    )?;
+    if changed == 0 {
+        get_work::<T>(tx, item.id())?;
+        return Err(Error::Answered { kind: T::KIND, id: item.id().to_string() });
+    }
+    Ok(())
+}
+
+fn list_work<T: WorkItem>(c: &Connection, q: &WorkQuery, page: &PageRequest) -> Result<Page<T>> {
+    let (limit, offset) = limit_offset(page)?;
+    let overdue = q.overdue_at.as_ref().map(ts);
+    let mut stmt = c.prepare(&format!(
+        "SELECT doc FROM {} WHERE (?1 IS NULL OR provider = ?1) AND (?2 IS NULL OR department = ?2)
+           AND (?3 IS NULL OR provider = ?3 OR department = ?3) AND (?4 IS NULL OR status = ?4)
+           AND (?5 IS NULL OR (status = '{}' AND due_at < ?5)) AND (?6 IS NULL OR dataset = ?6)
+         ORDER BY created_at DESC, id LIMIT ?7 OFFSET ?8",
+        T::TABLE,
+        T::OPEN
+    ))?;
+    let rows = stmt.query_map(
+        params![q.provider, q.department, q.involving, q.status, overdue, q.dataset, limit, offset],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut items = Vec::new();
+    for doc in rows {
+        items.push(serde_json::from_str(&doc?).map_err(|e| Error::Corrupt { what: T::KIND, message: e.to_string() })?);
+    }
+    page.page(items)
 }
 
 fn insert_token(tx: &Connection, t: &NewToken, now: &DateTime<Utc>) -> Result<TokenInfo> {
@@ -1039,6 +1172,65 @@ impl MetaStore for SqliteStore {
             Ok(removed)
         })
         .await
+    }
+
+    async fn create_request(&self, request: SharingRequest) -> Result<SharingRequest> {
+        self.write(move |tx| insert_work(tx, &request).map(|()| request)).await
+    }
+
+    async fn request(&self, id: &str) -> Result<SharingRequest> {
+        let id = id.to_string();
+        self.read(move |c| get_work(c, &id)).await
+    }
+
+    async fn list_requests(&self, query: WorkQuery, page: PageRequest) -> Result<Page<SharingRequest>> {
+        self.read(move |c| list_work(c, &query, &page)).await
+    }
+
+    async fn approve_request(&self, request: SharingRequest, grant: Grant) -> Result<SharingRequest> {
+        self.write(move |tx| {
+            answer_work(tx, &request)?;
+            if exists(tx, "SELECT 1 FROM grants WHERE id = ?1", &grant.id)? {
+                return Err(Error::Conflict { kind: "grant", field: "id", value: grant.id.clone() });
+            }
+            tx.execute(
+                "INSERT INTO grants (id, dataset, department, doc, expires_at, revoked_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+                params![
+                    grant.id,
+                    grant.dataset,
+                    grant.department,
+                    grant_doc(&grant)?,
+                    grant.expires_at.as_ref().map(ts),
+                    ts(&grant.created_at)
+                ],
+            )?;
+            sync_grant_link(tx, &grant.dataset, &grant.department, crate::model::now())?;
+            bump_epoch(tx)?;
+            Ok(request)
+        })
+        .await
+    }
+
+    async fn reject_request(&self, request: SharingRequest) -> Result<SharingRequest> {
+        self.write(move |tx| answer_work(tx, &request).map(|()| request)).await
+    }
+
+    async fn create_feedback(&self, feedback: Feedback) -> Result<Feedback> {
+        self.write(move |tx| insert_work(tx, &feedback).map(|()| feedback)).await
+    }
+
+    async fn feedback(&self, id: &str) -> Result<Feedback> {
+        let id = id.to_string();
+        self.read(move |c| get_work(c, &id)).await
+    }
+
+    async fn list_feedback(&self, query: WorkQuery, page: PageRequest) -> Result<Page<Feedback>> {
+        self.read(move |c| list_work(c, &query, &page)).await
+    }
+
+    async fn resolve_feedback(&self, feedback: Feedback) -> Result<Feedback> {
+        self.write(move |tx| answer_work(tx, &feedback).map(|()| feedback)).await
     }
 
     async fn last_delta_version(&self, dataset: &str) -> Result<Option<i64>> {

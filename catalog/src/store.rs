@@ -101,6 +101,28 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn revoke_grant(&self, id: &str, at: DateTime<Utc>) -> Result<Grant>;
     /// Removes the casbin links of grants that expired by `now`; the number removed.
     async fn expire_grants(&self, now: DateTime<Utc>) -> Result<usize>;
+
+    /// Inserts a sharing request; `NotFound` for an unknown dataset or department, `Conflict` on a taken id.
+    async fn create_request(&self, request: SharingRequest) -> Result<SharingRequest>;
+    /// One sharing request.
+    async fn request(&self, id: &str) -> Result<SharingRequest>;
+    /// Sharing requests, newest first.
+    async fn list_requests(&self, query: WorkQuery, page: PageRequest) -> Result<Page<SharingRequest>>;
+    /// Stores the approved state of a pending request and inserts its grant
+    /// (with the casbin link) in one transaction; `Conflict` when the request
+    /// was answered already (nothing is written then).
+    async fn approve_request(&self, request: SharingRequest, grant: Grant) -> Result<SharingRequest>;
+    /// Stores the rejected state of a pending request; `Conflict` when it was answered already.
+    async fn reject_request(&self, request: SharingRequest) -> Result<SharingRequest>;
+
+    /// Inserts a data-quality feedback.
+    async fn create_feedback(&self, feedback: Feedback) -> Result<Feedback>;
+    /// One feedback.
+    async fn feedback(&self, id: &str) -> Result<Feedback>;
+    /// Feedback, newest first.
+    async fn list_feedback(&self, query: WorkQuery, page: PageRequest) -> Result<Page<Feedback>>;
+    /// Stores the resolved state of an open feedback; `Conflict` when it was resolved already.
+    async fn resolve_feedback(&self, feedback: Feedback) -> Result<Feedback>;
 }
 
 /// A token to store: its id, owner, hash and expiry.

@@ -9,11 +9,13 @@ pub mod datasets;
 pub mod departments;
 pub mod error;
 pub mod extract;
+pub mod feedback;
 pub mod grants;
 pub mod me;
 pub mod policy;
 pub mod principals;
 pub mod query;
+pub mod sharing;
 pub mod system;
 pub mod versions;
 
@@ -42,10 +44,12 @@ use error::ApiError;
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
         versions::push, versions::rejects, versions::maintain,
         policy::get, policy::set, query::query, grants::list, grants::revoke,
+        sharing::create, sharing::list, sharing::get, sharing::approve, sharing::reject,
+        feedback::create, feedback::list, feedback::resolve,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing")),
 )]
 struct ApiDoc;
 
@@ -127,6 +131,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/query", post(query::query))
         .route("/api/v1/grants", get(grants::list))
         .route("/api/v1/grants/{id}", delete(grants::revoke))
+        .route("/api/v1/sharing-requests", post(sharing::create).get(sharing::list))
+        .route("/api/v1/sharing-requests/{id}", get(sharing::get))
+        .route("/api/v1/sharing-requests/{id}/approve", post(sharing::approve))
+        .route("/api/v1/sharing-requests/{id}/reject", post(sharing::reject))
+        .route("/api/v1/feedback", post(feedback::create).get(feedback::list))
+        .route("/api/v1/feedback/{id}/resolve", post(feedback::resolve))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));

@@ -4,6 +4,8 @@
 //! `--token`/`GDX_TOKEN`. Output is a human-readable table, or the server's
 //! JSON with `--json`.
 
+pub mod work;
+
 use std::path::Path;
 
 use anyhow::{Context, bail};

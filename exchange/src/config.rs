@@ -65,6 +65,13 @@ pub struct Config {
     pub data_model: Option<PathBuf>,
     /// A default data policy replacing the shipped `policies/data_policy.csv`.
     pub data_policy: Option<PathBuf>,
+    /// Holiday arrangement files (JSON, one per year) added to, or replacing
+    /// a year of, the shipped calendar that deadlines are counted in.
+    pub calendar_files: Vec<PathBuf>,
+    /// Working days a provider has to answer a sharing request.
+    pub request_due_working_days: u32,
+    /// Working days a provider has to answer a data-quality feedback.
+    pub feedback_due_working_days: u32,
 }
 
 impl Default for Config {
@@ -90,6 +97,9 @@ impl Default for Config {
             route_policy: None,
             data_model: None,
             data_policy: None,
+            calendar_files: Vec::new(),
+            request_due_working_days: 10,
+            feedback_due_working_days: 5,
         }
     }
 }
@@ -209,6 +219,14 @@ impl Config {
                           (or serve behind a TLS-terminating proxy on loopback)"
                     .into(),
             });
+        }
+        for (key, days) in [
+            ("request_due_working_days", self.request_due_working_days),
+            ("feedback_due_working_days", self.feedback_due_working_days),
+        ] {
+            if !(1..=250).contains(&days) {
+                return Err(Error::Config { message: format!("{key} must be between 1 and 250") });
+            }
         }
         Ok(())
     }

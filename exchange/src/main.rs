@@ -51,6 +51,12 @@ enum Command {
     /// Grants in force and past: list them, revoke one (stewards of the providing department).
     #[command(subcommand)]
     Grant(GrantCmd),
+    /// Sharing requests: ask for a dataset; answer requests (stewards of the providing department).
+    #[command(subcommand)]
+    Request(gdx_exchange::cli::work::RequestCmd),
+    /// Data-quality feedback: flag a record; resolve feedback (stewards of the providing department).
+    #[command(subcommand)]
+    Feedback(gdx_exchange::cli::work::FeedbackCmd),
     /// Run one governed SQL query over what the token may read.
     Sql {
         /// The query, e.g. `SELECT county_code, count(*) FROM gongan.population GROUP BY 1`.
@@ -528,6 +534,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_list(&json!({"items": v}), &columns, false);
             }
         }
+        Command::Request(cmd) => gdx_exchange::cli::work::request(&client()?, cmd, json).await?,
+        Command::Feedback(cmd) => gdx_exchange::cli::work::feedback(&client()?, cmd, json).await?,
         Command::Grant(GrantCmd::Revoke { id }) => {
             client()?.call(reqwest::Method::DELETE, &format!("/api/v1/grants/{}", enc(&id)), &[], None).await?;
             if !json {

@@ -140,6 +140,16 @@ impl App {
                 DataAuthorizer::from_files(&model, &policy, catalog.store().clone()).await?
             }
         });
+        let calendar = gdx_catalog::workdays::Calendar::with_files(&config.calendar_files)?;
+        let this_year = chrono::Datelike::year(&chrono::Utc::now());
+        for year in [this_year, this_year + 1] {
+            if !calendar.years().contains(&year) {
+                tracing::warn!(
+                    year,
+                    "no holiday arrangement for {year}: deadlines in it count weekends only until one is added (calendar_files)"
+                );
+            }
+        }
         let watcher = tokio::spawn(data.clone().watch(DATA_RULES_POLL));
         let maintenance = (config.maintenance_interval_hours > 0).then(|| {
             crate::ingest::schedule_maintenance(
@@ -157,6 +167,7 @@ impl App {
             config: Arc::new(config.clone()),
             metrics: metrics_handle(),
             secret: Arc::new(secret),
+            calendar: Arc::new(calendar),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -27,4 +27,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The platform secret (keyed-hash masks, audit checkpoints).
     pub secret: Arc<PlatformSecret>,
+    /// Working days and public holidays, for deadlines.
+    pub calendar: Arc<gdx_catalog::workdays::Calendar>,
 }

@@ -70,8 +70,8 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 ///
 /// Dataset ids are `{department}.{name}`, so routes under a dataset carry
 /// their department in the path. Creating a dataset names the department in
-/// the body, and a grant's dataset is known once it is read: the decision is
-/// deferred to the handler.
+/// the body, and the dataset of a grant, a sharing request or a feedback is
+/// known once it is read: the decision is deferred to the handler.
 fn scope_of(principal: &Principal, route: &str, method: &Method, params: &[(String, String)]) -> Scope {
     if route.starts_with("/api/v1/datasets/{id}") {
         let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or("");
@@ -79,6 +79,9 @@ fn scope_of(principal: &Principal, route: &str, method: &Method, params: &[(Stri
     }
     if (route == "/api/v1/datasets" && method == Method::POST)
         || (route == "/api/v1/grants/{id}" && method == Method::DELETE)
+        || route == "/api/v1/sharing-requests/{id}/approve"
+        || route == "/api/v1/sharing-requests/{id}/reject"
+        || route == "/api/v1/feedback/{id}/resolve"
     {
         return Scope::Deferred;
     }

@@ -168,6 +168,7 @@ impl From<gdx_catalog::Error> for ApiError {
             E::Conflict { kind, field, value } => {
                 Self::new(CONFLICT, format!("a {kind} with {field} '{value}' already exists"))
             }
+            e @ E::Answered { .. } => Self::new(CONFLICT, e.to_string()),
             other => Self::internal(&other),
         }
     }

@@ -5,4 +5,5 @@ mod access;
 mod foundation;
 mod ingest;
 mod query;
+mod sharing;
 mod slt;
