@@ -4,6 +4,7 @@
 //! (`/healthz`, `/api/v1/openapi.json`) passes [`auth::authorize`], which
 //! authenticates and lets casbin decide the route.
 
+pub mod audit;
 pub mod auth;
 pub mod datasets;
 pub mod departments;
@@ -15,7 +16,9 @@ pub mod me;
 pub mod policy;
 pub mod principals;
 pub mod query;
+pub mod recorder;
 pub mod sharing;
+pub mod supervision;
 pub mod system;
 pub mod versions;
 
@@ -45,11 +48,12 @@ use error::ApiError;
         versions::push, versions::rejects, versions::maintain,
         policy::get, policy::set, query::query, grants::list, grants::revoke,
         sharing::create, sharing::list, sharing::get, sharing::approve, sharing::reject,
-        feedback::create, feedback::list, feedback::resolve,
+        feedback::create, feedback::list, feedback::resolve, supervision::overdue,
+        audit::list, audit::verify, audit::subject, audit::usage,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing"), (name = "supervision")),
 )]
 struct ApiDoc;
 
@@ -137,7 +141,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sharing-requests/{id}/reject", post(sharing::reject))
         .route("/api/v1/feedback", post(feedback::create).get(feedback::list))
         .route("/api/v1/feedback/{id}/resolve", post(feedback::resolve))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize));
+        .route("/api/v1/supervision/overdue", get(supervision::overdue))
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/audit/subjects/{key}", get(audit::subject))
+        .route("/api/v1/stats/usage", get(audit::usage))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), recorder::record));
     let anonymous =
         Router::new().route("/healthz", get(system::healthz)).route("/api/v1/openapi.json", get(system::openapi));
     Router::new()

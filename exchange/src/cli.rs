@@ -4,6 +4,7 @@
 //! `--token`/`GDX_TOKEN`. Output is a human-readable table, or the server's
 //! JSON with `--json`.
 
+pub mod audit;
 pub mod work;
 
 use std::path::Path;

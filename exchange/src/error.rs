@@ -39,6 +39,13 @@ pub enum Error {
     /// The policies failed to load.
     #[error(transparent)]
     Policy(#[from] gdx_policies::Error),
+    /// The audit log failed.
+    #[error("audit log {}: {source} ({source:?})", source.path().display())]
+    Audit {
+        /// The underlying error.
+        #[from]
+        source: crate::audit::AuditError,
+    },
     /// A backup file is not usable.
     #[error("backup {}: {message}", path.display())]
     Backup {

@@ -57,6 +57,9 @@ enum Command {
     /// Data-quality feedback: flag a record; resolve feedback (stewards of the providing department).
     #[command(subcommand)]
     Feedback(gdx_exchange::cli::work::FeedbackCmd),
+    /// The audit trail: list records (auditors), verify the hash chain (offline with --data-dir).
+    #[command(subcommand)]
+    Audit(gdx_exchange::cli::audit::AuditCmd),
     /// Run one governed SQL query over what the token may read.
     Sql {
         /// The query, e.g. `SELECT county_code, count(*) FROM gongan.population GROUP BY 1`.
@@ -536,6 +539,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Request(cmd) => gdx_exchange::cli::work::request(&client()?, cmd, json).await?,
         Command::Feedback(cmd) => gdx_exchange::cli::work::feedback(&client()?, cmd, json).await?,
+        Command::Audit(cmd) => {
+            if !gdx_exchange::cli::audit::run(client, cmd, json).await? {
+                anyhow::bail!("the audit log does not verify");
+            }
+        }
         Command::Grant(GrantCmd::Revoke { id }) => {
             client()?.call(reqwest::Method::DELETE, &format!("/api/v1/grants/{}", enc(&id)), &[], None).await?;
             if !json {

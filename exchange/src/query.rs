@@ -299,8 +299,14 @@ pub fn session(memory_limit: usize, spill_dir: &std::path::Path) -> DfResult<Ses
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
-/// Registers a governed table as `{department}.{name}`.
-pub fn register(ctx: &SessionContext, department: &str, name: &str, table: GovernedTable) -> DfResult<()> {
+/// Registers a table as `{schema}.{name}`: a governed dataset under its
+/// department, or the audit log as `gdx.audit`.
+pub fn register(
+    ctx: &SessionContext,
+    department: &str,
+    name: &str,
+    table: Arc<dyn datafusion::catalog::TableProvider>,
+) -> DfResult<()> {
     let catalog = ctx.catalog("gdx").ok_or_else(|| DataFusionError::Internal("no gdx catalog".into()))?;
     let schema = match catalog.schema(department) {
         Some(s) => s,
@@ -310,7 +316,7 @@ pub fn register(ctx: &SessionContext, department: &str, name: &str, table: Gover
             s
         }
     };
-    schema.register_table(name.to_string(), Arc::new(table))?;
+    schema.register_table(name.to_string(), table)?;
     Ok(())
 }
 

@@ -46,18 +46,9 @@ pub fn default_path(config_file: Option<&Path>, data_dir: &Path) -> PathBuf {
 /// Refuses a file inside `data_dir`, a file other users may read, and a file
 /// that does not hold 32 hex-encoded bytes.
 pub fn load_or_create(path: &Path, data_dir: &Path) -> Result<PlatformSecret> {
-    let config = |message: String| Error::Config { message };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let canon_dir = dir.canonicalize().map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-    let canon_data = data_dir.canonicalize().map_err(|source| Error::Io { path: data_dir.to_path_buf(), source })?;
-    if canon_dir.starts_with(&canon_data) {
-        return Err(config(format!(
-            "the platform secret {} must be kept outside the data directory {}",
-            path.display(),
-            data_dir.display()
-        )));
-    }
+    outside(path, data_dir)?;
     if !path.exists() {
         let key: [u8; 32] = rand::random();
         crate::server::write_private_file(path, &format!("{}\n", hex::encode(key)), false)
@@ -65,6 +56,39 @@ pub fn load_or_create(path: &Path, data_dir: &Path) -> Result<PlatformSecret> {
         tracing::info!(file = %path.display(), "created the platform secret");
         return Ok(PlatformSecret(key));
     }
+    read(path)
+}
+
+/// Reads an existing secret (offline tools: they never create one), with the
+/// checks of [`load_or_create`].
+pub fn load(path: &Path, data_dir: &Path) -> Result<PlatformSecret> {
+    if !path.exists() {
+        return Err(Error::Config {
+            message: format!("no platform secret at {} (set secret_key_file or GDX_SECRET_KEY_FILE)", path.display()),
+        });
+    }
+    outside(path, data_dir)?;
+    read(path)
+}
+
+/// Refuses a secret whose folder (which must exist) lies inside `data_dir`.
+fn outside(path: &Path, data_dir: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let canon = |p: &Path| p.canonicalize().map_err(|source| Error::Io { path: p.to_path_buf(), source });
+    if canon(dir)?.starts_with(canon(data_dir)?) {
+        return Err(Error::Config {
+            message: format!(
+                "the platform secret {} must be kept outside the data directory {}",
+                path.display(),
+                data_dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<PlatformSecret> {
+    let config = |message: String| Error::Config { message };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -33,6 +33,7 @@ pub struct App {
     task: JoinHandle<std::io::Result<()>>,
     maintenance: Option<JoinHandle<()>>,
     watcher: JoinHandle<()>,
+    audit: crate::audit::AuditLog,
     _lock: std::fs::File,
 }
 
@@ -94,6 +95,7 @@ impl App {
         let secret_path = config.secret_key_file.clone().unwrap_or_else(|| crate::secret::default_path(None, &dir));
         let secret = crate::secret::load_or_create(&secret_path, &dir)?;
         let store = SqliteStore::open(&dir.join(META_DB))?;
+        let audit = crate::audit::AuditLog::open(&dir.join(crate::backup::AUDIT_DB), &secret)?;
         let catalog = Catalog::new(Arc::new(store));
 
         let (admin_secret, admin_token_file) = match &config.admin_token {
@@ -168,6 +170,7 @@ impl App {
             metrics: metrics_handle(),
             secret: Arc::new(secret),
             calendar: Arc::new(calendar),
+            audit: audit.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -190,7 +193,7 @@ impl App {
                 .await
         });
         tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
-        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, _lock: lock })
+        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, audit, _lock: lock })
     }
 
     /// The bound address.
@@ -217,11 +220,15 @@ impl App {
             m.abort();
         }
         self.watcher.abort();
-        match (&mut self.task).await {
+        let served = match (&mut self.task).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(Error::Io { path: PathBuf::from("<listener>"), source }),
             Err(e) => Err(Error::Config { message: format!("server task failed: {e}") }),
-        }
+        };
+        // What is queued for the audit log is written before the process ends.
+        let audit = self.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+        served
     }
 
     /// Serves until Ctrl-C or SIGTERM, then stops gracefully.

@@ -29,4 +29,6 @@ pub struct AppState {
     pub secret: Arc<PlatformSecret>,
     /// Working days and public holidays, for deadlines.
     pub calendar: Arc<gdx_catalog::workdays::Calendar>,
+    /// The audit log.
+    pub audit: crate::audit::AuditLog,
 }

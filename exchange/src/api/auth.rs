@@ -15,6 +15,7 @@ use gdx_catalog::Principal;
 use gdx_policies::Scope;
 
 use super::error::{ApiError, ApiResult};
+use super::recorder::AuditSlot;
 use crate::state::AppState;
 
 /// The authenticated caller of a request.
@@ -26,6 +27,8 @@ pub struct Caller {
     pub token_id: String,
     /// The route template that was authorised.
     pub route: String,
+    /// What the audit record of this request will say.
+    pub audit: AuditSlot,
 }
 
 /// The middleware: authenticate, then decide the route with casbin.
@@ -40,6 +43,11 @@ async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
     let (mut parts, body) = request.into_parts();
     let secret = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
     let (principal, token) = state.catalog.authenticate(secret).await?.ok_or_else(ApiError::unauthenticated)?;
+    let audit = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
+    audit.note(|n| {
+        n.principal = Some(principal.id.clone());
+        n.department = principal.department.clone();
+    });
     let route = parts
         .extensions
         .get::<MatchedPath>()
@@ -54,7 +62,7 @@ async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
         tracing::info!(principal = %principal.id, route = %route, method = %parts.method, "route denied");
         return Err(ApiError::denied());
     }
-    parts.extensions.insert(Caller { principal: Arc::new(principal), token_id: token.id, route });
+    parts.extensions.insert(Caller { principal: Arc::new(principal), token_id: token.id, route, audit });
     Ok(Request::from_parts(parts, body))
 }
 

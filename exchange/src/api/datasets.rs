@@ -42,6 +42,7 @@ pub async fn create(
     // The route decision was deferred until the provider department is known.
     caller.require(&state, &Method::POST, input.department.as_deref().unwrap_or(""))?;
     let d = state.catalog.create_dataset(input, &caller.principal.id).await?;
+    caller.audit.note(|n| n.datasets = vec![d.id.clone()]);
     tracing::info!(dataset = %d.id, principal = %caller.principal.id, "dataset registered");
     Ok((StatusCode::CREATED, axum::Json(view(&state, &caller, d))))
 }

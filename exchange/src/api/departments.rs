@@ -1,9 +1,11 @@
 //! Departments: created by administrators, listed by everyone.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use gdx_catalog::{Department, NewDepartment, Page};
 
+use super::auth::Caller;
 use super::error::{ApiResult, Problem};
 use super::extract::{Json, PageParams, Query};
 use crate::state::AppState;
@@ -16,9 +18,11 @@ use crate::state::AppState;
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(input): Json<NewDepartment>,
 ) -> ApiResult<(StatusCode, axum::Json<Department>)> {
     let d = state.catalog.create_department(input).await?;
+    caller.audit.note(|n| n.target = Some(d.id.clone()));
     tracing::info!(department = %d.id, "department created");
     Ok((StatusCode::CREATED, axum::Json(d)))
 }

@@ -75,6 +75,10 @@ pub async fn create(
     Json(body): Json<NewFeedback>,
 ) -> ApiResult<(StatusCode, axum::Json<Feedback>)> {
     let department = caller.principal.department.clone().ok_or_else(ApiError::denied)?;
+    caller.audit.note(|n| {
+        n.datasets = vec![body.dataset.clone()];
+        n.subjects = vec![body.key.trim().to_string()];
+    });
     let dataset = state.catalog.store().dataset(&body.dataset).await?;
     let at = now();
     // Only what the caller reads can be doubted; anything else is as unknown as a missing dataset.
@@ -114,6 +118,7 @@ pub async fn create(
         resolved_at: None,
     };
     let feedback = state.catalog.store().create_feedback(feedback).await?;
+    caller.audit.note(|n| n.target = Some(feedback.id.clone()));
     tracing::info!(feedback = %feedback.id, dataset = %feedback.dataset, department = %feedback.department, "feedback given");
     Ok((StatusCode::CREATED, axum::Json(feedback)))
 }
@@ -156,6 +161,10 @@ pub async fn resolve(
     Json(body): Json<Resolution>,
 ) -> ApiResult<axum::Json<Feedback>> {
     let mut feedback = state.catalog.store().feedback(&id).await?;
+    caller.audit.note(|n| {
+        n.datasets = vec![feedback.dataset.clone()];
+        n.subjects = vec![feedback.key.clone()];
+    });
     if !concerns(&caller, &feedback.provider, &feedback.department) {
         return Err(ApiError::not_found("feedback", &id));
     }

@@ -60,6 +60,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let grant = state.catalog.store().grant(&id).await?;
+    caller.audit.note(|n| n.datasets = vec![grant.dataset.clone()]);
     caller.require(&state, &Method::DELETE, provider_of(&grant.dataset))?;
     state.catalog.store().revoke_grant(&id, gdx_catalog::now()).await?;
     state.data.refresh().await.map_err(|e| ApiError::internal(&e))?;

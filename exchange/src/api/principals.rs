@@ -1,11 +1,13 @@
 //! Principals and their tokens (admin).
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use gdx_catalog::{IssuedToken, NewPrincipal, Page, Principal, PrincipalPatch, TokenInfo};
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::error::{ApiResult, Problem};
 use super::extract::{Json, Query, page_request};
 use crate::state::AppState;
@@ -30,9 +32,11 @@ pub struct CreatedPrincipal {
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(input): Json<NewPrincipal>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedPrincipal>)> {
     let (principal, issued) = state.catalog.create_principal(input).await?;
+    caller.audit.note(|n| n.target = Some(principal.id.clone()));
     tracing::info!(principal = %principal.id, "principal created");
     Ok((StatusCode::CREATED, axum::Json(CreatedPrincipal { principal, token: issued.token, token_id: issued.info.id })))
 }

@@ -153,6 +153,11 @@ pub async fn query(
     headers: HeaderMap,
     Json(request): Json<QueryRequest>,
 ) -> ApiResult<Response> {
+    caller.audit.note(|n| {
+        n.sql = Some(request.sql.clone());
+        n.purpose = request.purpose.clone();
+        n.detail = params.as_department.as_ref().map(|d| format!("preview as {d}"));
+    });
     if let Some(why) = refuse_statement(&request.sql) {
         return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
     }
@@ -170,6 +175,10 @@ pub async fn query(
     let (df, versions) = tokio::time::timeout_at(deadline, prepare(&state, &caller, viewer.as_ref(), &request))
         .await
         .map_err(|_| too_long())??;
+    caller.audit.note(|n| {
+        n.datasets = versions.keys().cloned().collect();
+        n.versions = versions.clone();
+    });
     tracing::info!(
         principal = %caller.principal.id,
         as_department = viewer.as_ref().and_then(|v| v.department.as_deref()).unwrap_or(""),
@@ -178,7 +187,11 @@ pub async fn query(
         "query planned"
     );
     let mut response = match format {
-        AnswerFormat::Json => json_answer(df, versions.clone(), limit, deadline, timeout).await?,
+        AnswerFormat::Json => {
+            let (response, rows) = json_answer(df, versions.clone(), limit, deadline, timeout).await?;
+            caller.audit.note(|n| n.rows = rows);
+            response
+        }
         other => {
             let stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
                 .await
@@ -369,6 +382,9 @@ async fn preview_as(state: &AppState, steward: &Principal, department: &str) -> 
 }
 
 /// The session for one query, with the caller's governed tables, and the query planned in it.
+/// The audit log's name in auditors' SQL.
+const AUDIT_TABLE: &str = "gdx.audit";
+
 async fn prepare(
     state: &AppState,
     caller: &Caller,
@@ -411,8 +427,16 @@ async fn prepare(
             &ctx.state(),
         )
         .map_err(|e| ApiError::internal(&e))?;
-        register(&ctx, &d.department, &d.name, table).map_err(|e| ApiError::internal(&e))?;
+        register(&ctx, &d.department, &d.name, Arc::new(table)).map_err(|e| ApiError::internal(&e))?;
         versions.insert(d.id.clone(), version);
+    }
+    // Auditors (themselves, not a preview) query the audit log they oversee as `gdx.audit`.
+    if viewer.is_none()
+        && caller.principal.has_role(gdx_catalog::Role::Auditor)
+        && referenced.as_ref().is_none_or(|r| r.contains(AUDIT_TABLE))
+    {
+        let table = state.audit.table(super::supervision::audit_scope(state, caller).await?);
+        register(&ctx, "gdx", "audit", table).map_err(|e| ApiError::internal(&e))?;
     }
     for id in as_of.keys() {
         if !versions.contains_key(id) {
@@ -478,14 +502,15 @@ const JSON_BUFFER_ROWS: usize = 1000;
 /// is still a proper problem answer; a longer one is written as its rows
 /// arrive (`columns` and `versions` first, `truncated` last), and a failure
 /// or the deadline midway cuts the body, as for the other formats. Past the
-/// limit the query's stream is dropped, which stops it.
+/// limit the query's stream is dropped, which stops it. With the answer, the
+/// number of rows when it was built whole.
 async fn json_answer(
     df: datafusion::dataframe::DataFrame,
     versions: BTreeMap<String, i64>,
     limit: usize,
     deadline: tokio::time::Instant,
     deadline_after: std::time::Duration,
-) -> ApiResult<Response> {
+) -> ApiResult<(Response, Option<u64>)> {
     let too_long = || too_long(deadline_after);
     let schema = df.schema().as_arrow().clone();
     let columns: Vec<ResultColumn> = schema
@@ -512,7 +537,8 @@ async fn json_answer(
         drop(stream);
         let truncated = rows.len() > limit;
         rows.truncate(limit);
-        return Ok(axum::Json(QueryResult { columns, rows, versions, truncated }).into_response());
+        let count = rows.len() as u64;
+        return Ok((axum::Json(QueryResult { columns, rows, versions, truncated }).into_response(), Some(count)));
     }
     // Long: stream the rest.
     let head = serde_json::json!({"columns": columns, "versions": versions});
@@ -558,7 +584,7 @@ async fn json_answer(
         });
         Some((chunk, (Some(stream), sent + take, None, failed || cut)))
     });
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response(), None))
 }
 
 /// Rows as JSON arrays separated by commas, with a leading comma unless `first`.

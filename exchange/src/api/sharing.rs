@@ -151,6 +151,11 @@ pub async fn create(
         reason: None,
     };
     let request = state.catalog.store().create_request(request).await?;
+    caller.audit.note(|n| {
+        n.target = Some(request.id.clone());
+        n.datasets = vec![request.dataset.clone()];
+        n.purpose = Some(request.purpose.clone());
+    });
     tracing::info!(request = %request.id, dataset = %request.dataset, department = %request.department, due_on = %request.due_on, "sharing request made");
     Ok((StatusCode::CREATED, axum::Json(request)))
 }
@@ -257,6 +262,7 @@ pub async fn approve(
     Json(body): Json<Approval>,
 ) -> ApiResult<axum::Json<SharingRequest>> {
     let mut request = answerable(&state, &caller, &id).await?;
+    caller.audit.note(|n| n.datasets = vec![request.dataset.clone()]);
     let dataset = state.catalog.store().dataset(&request.dataset).await?;
     let at = now();
     let scope = narrowed(&dataset, &request.requested, body, at)?;
@@ -279,6 +285,7 @@ pub async fn approve(
     request.grant_id = Some(grant.id.clone());
     request.approved = Some(scope);
     let request = state.catalog.store().approve_request(request, grant).await?.with_overdue(at);
+    caller.audit.note(|n| n.detail = request.grant_id.as_ref().map(|g| format!("grant {g}")));
     state.data.refresh().await.map_err(|e| ApiError::internal(&e))?;
     tracing::info!(request = %request.id, dataset = %request.dataset, department = %request.department, grant = ?request.grant_id, "sharing request approved");
     Ok(axum::Json(request))
@@ -300,6 +307,10 @@ pub async fn reject(
     Json(body): Json<Rejection>,
 ) -> ApiResult<axum::Json<SharingRequest>> {
     let mut request = answerable(&state, &caller, &id).await?;
+    caller.audit.note(|n| {
+        n.datasets = vec![request.dataset.clone()];
+        n.detail = Some(body.reason.trim().to_string()).filter(|r| !r.is_empty());
+    });
     if let Some(problem) = text_problem("reason", &body.reason) {
         return Err(ApiError::validation(vec![problem]));
     }

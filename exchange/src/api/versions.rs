@@ -212,6 +212,15 @@ fn connector_error(e: gdx_connectors::Error) -> ApiError {
     }
 }
 
+/// The answer of a push, noted for the audit record.
+fn pushed(caller: &Caller, id: &str, v: &Version) -> PushResult {
+    caller.audit.note(|n| {
+        n.versions.insert(id.to_string(), v.version);
+        n.rows = u64::try_from(v.rows_written).ok();
+    });
+    PushResult::from(v)
+}
+
 /// Pushes a new version (a steward of the provider department). The body is the file, streamed.
 #[utoipa::path(post, operation_id = "push_version", path = "/api/v1/datasets/{id}/versions", tag = "ingest",
     params(("id" = String, Path), PushParams, ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first result")),
@@ -246,7 +255,7 @@ pub async fn push(
     if let Some(k) = &key
         && let Some(v) = state.catalog.store().version_by_idempotency_key(&id, k).await?
     {
-        return Ok((StatusCode::CREATED, axum::Json(PushResult::from(&v))));
+        return Ok((StatusCode::CREATED, axum::Json(pushed(&caller, &id, &v))));
     }
     let limit = state.config.max_push_bytes;
     if let Some(len) =
@@ -347,7 +356,7 @@ pub async fn push(
         && let Some(v) = state.catalog.store().version_by_idempotency_key(&id, k).await?
     {
         files.discard();
-        return Ok((StatusCode::CREATED, axum::Json(PushResult::from(&v))));
+        return Ok((StatusCode::CREATED, axum::Json(pushed(&caller, &id, &v))));
     }
     let current = match state.catalog.store().dataset(&id).await {
         Ok(c) => c,
@@ -384,7 +393,7 @@ pub async fn push(
     let version = crate::ingest::version_of(&committed);
     state.catalog.store().record_version(&id, version.clone()).await?;
     tracing::info!(dataset = %id, version = next, delta_version = committed.delta_version, rows = version.rows_written, "version committed");
-    Ok((StatusCode::CREATED, axum::Json(PushResult::from(&version))))
+    Ok((StatusCode::CREATED, axum::Json(pushed(&caller, &id, &version))))
 }
 
 /// Paging of the rejects list.
