@@ -5,6 +5,7 @@
 //! client commands of the CLI ([`cli`]).
 
 pub mod api;
+pub mod audit;
 pub mod backup;
 pub mod cli;
 pub mod config;

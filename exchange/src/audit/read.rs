@@ -1,0 +1,278 @@
+//! Reading the log: filtered pages of records and usage counts, on
+//! read-only connections kept in a small pool, run on blocking threads.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use rusqlite::types::Value;
+use serde::{Deserialize, Serialize};
+
+use super::{AuditError, READ_ACTIONS, Record, format_time, schema};
+
+/// Idle read connections kept for reuse.
+const POOL: usize = 4;
+
+/// Which records to list; every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Filter {
+    /// The acting principal.
+    pub principal: Option<String>,
+    /// The department of the acting principal.
+    pub department: Option<String>,
+    /// A dataset the record names.
+    pub dataset: Option<String>,
+    /// The action.
+    pub action: Option<String>,
+    /// A subject hash the record names (already hashed with [`super::AuditLog::subject_hash`]).
+    pub subject: Option<String>,
+    /// Records at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Records before this time.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Whose records a reader may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every record (auditors of the supervising departments).
+    All,
+    /// Records whose department is one of these, or that name a dataset one
+    /// of these departments provides.
+    Departments(BTreeSet<String>),
+}
+
+/// Successful reads of one dataset by one consumer department.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// The dataset.
+    pub dataset: String,
+    /// The consumer department (`None` for principals of no department).
+    pub department: Option<String>,
+    /// How many reads.
+    pub reads: u64,
+    /// Rows returned or pushed by those reads (a read of several datasets
+    /// counts its rows for each).
+    pub rows: u64,
+    /// The last of those reads.
+    pub last_at: DateTime<Utc>,
+}
+
+/// Runs `f` on a blocking thread.
+pub(super) async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, AuditError> + Send + 'static,
+) -> Result<T, AuditError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AuditError::Read { path: path.to_path_buf(), reason: e.to_string() })?
+}
+
+/// Read-only connections to one audit log.
+#[derive(Debug)]
+pub struct Reader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// An SQL statement and its parameters.
+#[derive(Debug, Default)]
+pub(super) struct Sql {
+    pub text: String,
+    pub params: Vec<Value>,
+}
+
+impl Sql {
+    fn bind(&mut self, value: impl Into<Value>) -> &'static str {
+        self.params.push(value.into());
+        "?"
+    }
+
+    fn in_list<'a>(&mut self, values: impl IntoIterator<Item = &'a String>) -> String {
+        let marks: Vec<&str> = values.into_iter().map(|v| self.bind(v.clone())).collect();
+        marks.join(", ")
+    }
+}
+
+/// The records matching `filter` in `scope` with `after < seq <= upto`, by
+/// seq, at most `limit`: `SELECT seq, record`.
+pub(super) fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: Option<u64>, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    let mut conds: Vec<String> = Vec::new();
+    // Drive the scan from the most selective index: a dataset's or subject's
+    // references are in seq order, so a page costs its own size.
+    let (from, seq) = if let Some(d) = &filter.dataset {
+        conds.push(format!("d.kind = 'dataset' AND d.value = {}", sql.bind(d.clone())));
+        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq", "d.seq")
+    } else if let Some(s) = &filter.subject {
+        conds.push(format!("d.kind = 'subject' AND d.value = {}", sql.bind(s.clone())));
+        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq", "d.seq")
+    } else if filter == &Filter::default() && scope == &Scope::All {
+        ("audit_log l", "l.seq")
+    } else {
+        ("audit_index i JOIN audit_log l ON l.seq = i.seq", "i.seq")
+    };
+    conds.push(format!("{seq} > {}", sql.bind(after as i64)));
+    if let Some(upto) = upto {
+        conds.push(format!("{seq} <= {}", sql.bind(upto as i64)));
+    }
+    for (column, value) in
+        [("principal", &filter.principal), ("department", &filter.department), ("action", &filter.action)]
+    {
+        if let Some(v) = value {
+            conds.push(format!("i.{column} = {}", sql.bind(v.clone())));
+        }
+    }
+    if let (Some(s), Some(_)) = (&filter.subject, &filter.dataset) {
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM audit_refs s WHERE s.kind = 'subject' AND s.value = {} AND s.seq = {seq})",
+            sql.bind(s.clone())
+        ));
+    }
+    if let Some(t) = &filter.from {
+        conds.push(format!("i.at >= {}", sql.bind(format_time(t))));
+    }
+    if let Some(t) = &filter.to {
+        conds.push(format!("i.at < {}", sql.bind(format_time(t))));
+    }
+    if let Scope::Departments(set) = scope {
+        if set.is_empty() {
+            conds.push("0".into());
+        } else {
+            let own = sql.in_list(set);
+            let provided = sql.in_list(set);
+            conds.push(format!(
+                "(i.department IN ({own}) OR EXISTS (SELECT 1 FROM audit_refs p \
+                 WHERE p.kind = 'provider' AND p.value IN ({provided}) AND p.seq = {seq}))"
+            ));
+        }
+    }
+    let limit = sql.bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    sql.text = format!("SELECT l.seq, l.record FROM {from} WHERE {} ORDER BY {seq} LIMIT {limit}", conds.join(" AND "));
+    sql
+}
+
+impl Reader {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Self { path, idle: Mutex::new(Vec::new()) }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn read_error(&self, e: impl std::fmt::Display) -> AuditError {
+        AuditError::Read { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    pub(super) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, AuditError>) -> Result<T, AuditError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        // A connection is returned only outside a transaction (a failed
+        // statement inside one would otherwise leave it open).
+        if conn.is_autocommit() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < POOL {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+
+    /// Runs a [`select_records`] statement and decodes the records, each with
+    /// the seq of its row.
+    pub(super) fn records(&self, conn: &Connection, sql: &Sql) -> Result<Vec<(u64, Record)>, AuditError> {
+        let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| self.read_error(e))?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(&sql.params)).map_err(|e| self.read_error(e))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
+            let seq: u64 = row.get(0).map_err(|e| self.read_error(e))?;
+            let text: String = row.get(1).map_err(|e| self.read_error(e))?;
+            let record = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason: e.to_string(),
+            })?;
+            out.push((seq, record));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn list(
+        &self,
+        filter: &Filter,
+        scope: &Scope,
+        limit: usize,
+        after: Option<u64>,
+    ) -> Result<Vec<Record>, AuditError> {
+        let sql = select_records(filter, scope, after.unwrap_or(0), None, limit);
+        self.with(|conn| Ok(self.records(conn, &sql)?.into_iter().map(|(_, r)| r).collect()))
+    }
+
+    pub(super) fn usage(
+        &self,
+        dataset: Option<&str>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        scope: &Scope,
+    ) -> Result<Vec<Usage>, AuditError> {
+        let mut sql = Sql::default();
+        let actions: Vec<String> = READ_ACTIONS.iter().map(|a| a.to_string()).collect();
+        let actions = sql.in_list(&actions);
+        let mut conds =
+            vec!["r.kind = 'dataset'".to_string(), "i.outcome = 'ok'".into(), format!("i.action IN ({actions})")];
+        if let Some(d) = dataset {
+            conds.push(format!("r.value = {}", sql.bind(d.to_string())));
+        }
+        if let Some(t) = &from {
+            conds.push(format!("i.at >= {}", sql.bind(format_time(t))));
+        }
+        if let Some(t) = &to {
+            conds.push(format!("i.at < {}", sql.bind(format_time(t))));
+        }
+        if let Scope::Departments(set) = scope {
+            if set.is_empty() {
+                conds.push("0".into());
+            } else {
+                let own = sql.in_list(set);
+                let provided = sql.in_list(set);
+                conds.push(format!(
+                    "(i.department IN ({own}) OR (CASE WHEN instr(r.value, '.') > 0 \
+                     THEN substr(r.value, 1, instr(r.value, '.') - 1) ELSE r.value END) IN ({provided}))"
+                ));
+            }
+        }
+        sql.text = format!(
+            "SELECT r.value, i.department, count(*), coalesce(sum(i.rows), 0), max(i.at) \
+             FROM audit_refs r JOIN audit_index i ON i.seq = r.seq WHERE {} \
+             GROUP BY r.value, i.department ORDER BY r.value, i.department",
+            conds.join(" AND ")
+        );
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| self.read_error(e))?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(&sql.params)).map_err(|e| self.read_error(e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
+                let at: String = row.get(4).map_err(|e| self.read_error(e))?;
+                let last_at = DateTime::parse_from_rfc3339(&at)
+                    .map_err(|e| self.read_error(format!("index time {at:?}: {e}")))?
+                    .with_timezone(&Utc);
+                out.push(Usage {
+                    dataset: row.get(0).map_err(|e| self.read_error(e))?,
+                    department: row.get(1).map_err(|e| self.read_error(e))?,
+                    reads: row.get(2).map_err(|e| self.read_error(e))?,
+                    rows: row.get(3).map_err(|e| self.read_error(e))?,
+                    last_at,
+                });
+            }
+            Ok(out)
+        })
+    }
+}
