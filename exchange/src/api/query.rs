@@ -584,7 +584,7 @@ async fn json_answer(
         });
         Some((chunk, (Some(stream), sent + take, None, failed || cut)))
     });
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response(), None))
+    Ok((([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response(), None))
 }
 
 /// Rows as JSON arrays separated by commas, with a leading comma unless `first`.

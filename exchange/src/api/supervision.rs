@@ -65,7 +65,10 @@ pub struct Overdue {
 /// departments the auditor oversees (as provider or as the asking side).
 #[utoipa::path(get, operation_id = "overdue", path = "/api/v1/supervision/overdue", tag = "supervision",
     responses((status = 200, description = "OK", body = Overdue)))]
-pub async fn overdue(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<axum::Json<Overdue>> {
+pub async fn overdue(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<axum::Json<Overdue>> {
     let scope = oversight(&state, &caller).await?;
     let at = now();
     let seen = |provider: &str, department: &str| {

@@ -59,7 +59,11 @@ pub enum AuditCmd {
 }
 
 /// Runs a `gdx audit` command; `false` when a verification failed.
-pub async fn run(client: impl FnOnce() -> anyhow::Result<Client>, cmd: AuditCmd, as_json: bool) -> anyhow::Result<bool> {
+pub async fn run(
+    client: impl FnOnce() -> anyhow::Result<Client>,
+    cmd: AuditCmd,
+    as_json: bool,
+) -> anyhow::Result<bool> {
     match cmd {
         AuditCmd::List { principal, department, dataset, action, from, to, limit, page_token } => {
             let mut q = Vec::new();
@@ -96,12 +100,8 @@ pub async fn run(client: impl FnOnce() -> anyhow::Result<Client>, cmd: AuditCmd,
         AuditCmd::Verify { data_dir, config, secret_key_file, expect_head } => {
             let report: Value = match data_dir {
                 Some(dir) => {
-                    let args = ServeArgs {
-                        config,
-                        data_dir: Some(dir.clone()),
-                        secret_key_file,
-                        ..ServeArgs::default()
-                    };
+                    let args =
+                        ServeArgs { config, data_dir: Some(dir.clone()), secret_key_file, ..ServeArgs::default() };
                     let c = Config::load(&args)?;
                     let secret_path =
                         c.secret_key_file.clone().unwrap_or_else(|| crate::secret::default_path(None, &c.data_dir));

@@ -2,6 +2,7 @@
 //! (each binary links the whole engine, so they are few).
 
 mod access;
+mod audit;
 mod foundation;
 mod ingest;
 mod query;
