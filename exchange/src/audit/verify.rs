@@ -65,6 +65,7 @@ impl VerifyReport {
 /// - the index rows agree with the records;
 /// - when `expect_head` is given (a head hash kept elsewhere), some record
 ///   has that hash.
+#[tracing::instrument(skip_all, fields(path = %path.display()))]
 pub fn verify_file(
     path: &Path,
     secret: &PlatformSecret,
