@@ -339,6 +339,8 @@ async fn verify_detects_a_cut_tail_and_a_forged_append() {
         conn.execute(&format!("DELETE FROM {table} WHERE seq > 8"), []).unwrap();
     }
     assert_broken(&verify(&f, None), 9, "removed from its end");
+    conn.execute("UPDATE audit_checkpoints SET signature = 'x' WHERE seq = 9", []).unwrap();
+    assert_broken(&verify(&f, None), 9, "not validly signed");
     // Without its checkpoints the cut is invisible, unless the old head is known.
     conn.execute("DELETE FROM audit_checkpoints WHERE seq > 8", []).unwrap();
     assert!(verify(&f, None).ok);
