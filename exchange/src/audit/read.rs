@@ -96,6 +96,27 @@ impl Sql {
     }
 }
 
+/// Conditions for `from <= time < to`. Times never decrease along the log,
+/// so the window is also a seq range, found on the time index (the time
+/// conditions stay, for exactness).
+fn time_window(sql: &mut Sql, seq: &str, from: Option<&DateTime<Utc>>, to: Option<&DateTime<Utc>>) -> Vec<String> {
+    let mut conds = Vec::new();
+    if let Some(t) = from {
+        let (a, b) = (sql.bind(format_time(t)), sql.bind(format_time(t)));
+        conds.push(format!(
+            "i.at >= {a} AND {seq} >= coalesce((SELECT seq FROM audit_index WHERE at >= {b} ORDER BY at, seq LIMIT 1), {})",
+            i64::MAX
+        ));
+    }
+    if let Some(t) = to {
+        let (a, b) = (sql.bind(format_time(t)), sql.bind(format_time(t)));
+        conds.push(format!(
+            "i.at < {a} AND {seq} <= coalesce((SELECT seq FROM audit_index WHERE at < {b} ORDER BY at DESC, seq DESC LIMIT 1), 0)"
+        ));
+    }
+    conds
+}
+
 /// The records matching `filter` in `scope` with `after < seq <= upto`, by
 /// seq, at most `limit`: `SELECT seq, record`.
 pub(super) fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: Option<u64>, limit: usize) -> Sql {
@@ -131,12 +152,7 @@ pub(super) fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: O
             sql.bind(s.clone())
         ));
     }
-    if let Some(t) = &filter.from {
-        conds.push(format!("i.at >= {}", sql.bind(format_time(t))));
-    }
-    if let Some(t) = &filter.to {
-        conds.push(format!("i.at < {}", sql.bind(format_time(t))));
-    }
+    conds.extend(time_window(&mut sql, seq, filter.from.as_ref(), filter.to.as_ref()));
     if let Scope::Departments(set) = scope {
         if set.is_empty() {
             conds.push("0".into());
@@ -231,12 +247,7 @@ impl Reader {
         if let Some(d) = dataset {
             conds.push(format!("r.value = {}", sql.bind(d.to_string())));
         }
-        if let Some(t) = &from {
-            conds.push(format!("i.at >= {}", sql.bind(format_time(t))));
-        }
-        if let Some(t) = &to {
-            conds.push(format!("i.at < {}", sql.bind(format_time(t))));
-        }
+        conds.extend(time_window(&mut sql, "r.seq", from.as_ref(), to.as_ref()));
         if let Scope::Departments(set) = scope {
             if set.is_empty() {
                 conds.push("0".into());

@@ -339,6 +339,8 @@ async fn verify_detects_a_cut_tail_and_a_forged_append() {
         conn.execute(&format!("DELETE FROM {table} WHERE seq > 8"), []).unwrap();
     }
     assert_broken(&verify(&f, None), 9, "removed from its end");
+    conn.execute("UPDATE audit_checkpoints SET signature = 'x' WHERE seq = 9", []).unwrap();
+    assert_broken(&verify(&f, None), 9, "not validly signed");
     // Without its checkpoints the cut is invisible, unless the old head is known.
     conn.execute("DELETE FROM audit_checkpoints WHERE seq > 8", []).unwrap();
     assert!(verify(&f, None).ok);
@@ -531,6 +533,12 @@ async fn list_filters_pages_and_scopes() {
     assert!(from_t3.contains(&3) && from_t3.contains(&6));
     assert!(!list(Filter { to: Some(t3), ..Filter::default() }, all.clone()).await.contains(&3));
     assert_eq!(list(Filter { to: Some(records[0].time), ..Filter::default() }, all.clone()).await, Vec::<u64>::new());
+    let window = Filter { from: Some(records[1].time), to: Some(records[4].time), ..Filter::default() };
+    let inside = list(window, all.clone()).await;
+    let want: Vec<u64> =
+        records.iter().filter(|r| r.time >= records[1].time && r.time < records[4].time).map(|r| r.seq).collect();
+    assert!(inside.contains(&2) && !inside.contains(&5));
+    assert_eq!(inside, want);
     // Pages.
     let page1 = log.list(&Filter::default(), &all, 4, None).await.unwrap();
     let page2 = log.list(&Filter::default(), &all, 4, page1.last().map(|r| r.seq)).await.unwrap();
@@ -575,6 +583,14 @@ async fn usage_counts_successful_reads() {
     assert_eq!(scoped.iter().map(|u| u.dataset.as_str()).collect::<Vec<_>>(), ["shebao.pensions", "shebao.pensions"]);
     let later = log.usage(None, Some(records[5].time + chrono::Duration::seconds(1)), None, &Scope::All).await.unwrap();
     assert!(later.is_empty());
+    let early = chrono::Duration::microseconds(1);
+    let window = log.usage(None, Some(records[1].time), Some(records[2].time), &Scope::All).await.unwrap();
+    if records[1].time < records[2].time && records[0].time < records[1].time {
+        let rows: Vec<(&str, u64)> = window.iter().map(|u| (u.dataset.as_str(), u.reads)).collect();
+        assert_eq!(rows, vec![("gongan.population", 1), ("shebao.pensions", 1)]);
+    }
+    let until = log.usage(None, None, Some(records[0].time + early), &Scope::All).await.unwrap();
+    assert_eq!(until.iter().map(|u| u.reads).sum::<u64>(), 1);
 }
 
 #[tokio::test]

@@ -65,6 +65,7 @@ impl VerifyReport {
 /// - the index rows agree with the records;
 /// - when `expect_head` is given (a head hash kept elsewhere), some record
 ///   has that hash.
+#[tracing::instrument(skip_all, fields(path = %path.display()))]
 pub fn verify_file(
     path: &Path,
     secret: &PlatformSecret,
@@ -217,12 +218,20 @@ fn verify_conn(conn: &Connection, keys: &Keys, expect_head: Option<&str>) -> rus
             state.prev = hash;
         }
         let last = state.records;
-        if let Some((cp_seq, _)) = next(&mut cps)? {
+        if let Some((cp_seq, cp)) = next(&mut cps)? {
+            let signed = cp_seq > 0 && keys.sign_checkpoint(cp_seq as u64, &cp.hash, &cp.signed_at) == cp.signature;
             return Ok(Err(broken(
                 last + 1,
-                format!(
-                    "a checkpoint signs record {cp_seq} but the log ends at record {last}: records were removed from its end"
-                ),
+                if signed {
+                    format!(
+                        "a checkpoint signs record {cp_seq} but the log ends at record {last}: \
+                         records were removed from its end"
+                    )
+                } else {
+                    format!(
+                        "a checkpoint names the record {cp_seq}, which is not in the log, and is not validly signed"
+                    )
+                },
             )));
         }
         if state.last_checkpoint != last {
