@@ -202,6 +202,48 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert_eq!((r.code, r.stdout.trim()), (0, "[]"), "{}", r.stderr);
     let r = gdx(&url, Some(&steward), &["grant", "revoke", "gr_nothing"]).await;
     assert!(r.code != 0 && r.stderr.contains("(404)"), "{}", r.stderr);
+    // A sharing request for names in clear: made, seen in the provider's inbox, approved.
+    let r = gdx(
+        &url,
+        Some(&outsider),
+        &["request", "create", "gongan.population", "--purpose", "社保待遇核验", "--unmask", "name", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let request = serde_json::from_str::<Value>(&r.stdout).expect("json")["id"].as_str().expect("id").to_string();
+    let r = gdx(&url, Some(&steward), &["request", "list", "--role", "provider"]).await;
+    assert!(r.code == 0 && r.stdout.contains(&request) && r.stdout.contains("pending"), "{}", r.stdout);
+    let r = gdx(&url, Some(&steward), &["request", "approve", &request]).await;
+    assert!(r.code == 0 && r.stdout.contains("approved; grant gr_"), "{} {}", r.stdout, r.stderr);
+    let r = gdx(&url, Some(&steward), &["request", "approve", &request]).await;
+    assert!(r.code != 0 && r.stderr.contains("(409)"), "{}", r.stderr);
+    let r = gdx(&url, Some(&outsider), &["sql", sql, "--format", "csv"]).await;
+    let name = r.stdout.lines().nth(1).unwrap_or("*");
+    assert!(!name.contains('*'), "the name in clear under the grant: {}", r.stdout);
+    // Feedback on a record, answered by the provider.
+    let r = gdx(
+        &url,
+        Some(&outsider),
+        &["feedback", "create", "gongan.population", "--key", "441402199001010011", "--comment", "姓名有误", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let fb = serde_json::from_str::<Value>(&r.stdout).expect("json")["id"].as_str().expect("id").to_string();
+    let r = gdx(&url, Some(&steward), &["feedback", "resolve", &fb, "--outcome", "rejected", "--reason", "经核实无误"])
+        .await;
+    assert!(r.code == 0 && r.stdout.contains("resolved: rejected"), "{} {}", r.stdout, r.stderr);
+    // An auditor lists the trail.
+    let r = gdx(
+        &url,
+        Some(ADMIN),
+        &["principal", "add", "--name", "审计员", "--department", "gongan", "--role", "auditor", "--json"],
+    )
+    .await;
+    let auditor = serde_json::from_str::<Value>(&r.stdout).expect("json")["token"].as_str().expect("token").to_string();
+    let r = gdx(&url, Some(&auditor), &["audit", "list", "--action", "request.approve"]).await;
+    assert!(r.code == 0 && r.stdout.contains("request.approve"), "{} {}", r.stdout, r.stderr);
+    let r = gdx(&url, Some(&auditor), &["audit", "verify"]).await;
+    assert!(r.code == 0 && r.stdout.contains("audit log holds"), "{} {}", r.stdout, r.stderr);
     // A bad file: the problems, row by row, and a non-zero exit.
     let broken = dir.path().join("broken.csv");
     std::fs::write(
@@ -237,4 +279,14 @@ async fn cli_administers_and_searches_the_catalogue() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(restored.join("meta.db").is_file());
     app.stop().await.expect("stops");
+
+    // Offline verification of the audit log; an edited record is named and fails the command.
+    let args = ["audit", "verify", "--data-dir", data.to_str().expect("path")];
+    let r = gdx(&url, None, &args).await;
+    assert!(r.code == 0 && r.stdout.contains("audit log holds"), "{} {}", r.stdout, r.stderr);
+    let db = rusqlite::Connection::open(data.join("audit.db")).expect("audit.db");
+    db.execute("UPDATE audit_log SET record = replace(record, '\"ok\"', '\"denied\"') WHERE seq = 3", [])
+        .expect("edit");
+    let r = gdx(&url, None, &args).await;
+    assert!(r.code != 0 && r.stderr.contains("BROKEN at record 3"), "{} {}", r.stdout, r.stderr);
 }
