@@ -7,7 +7,8 @@
 //!
 //! Each throughput run appends `--records` records in a fresh log, or stops
 //! after `--max-secs` (one appender waits for one fsync per record), then
-//! verifies the log; batches are counted by their checkpoints.
+//! verifies the log; batches are counted by their checkpoints. Last, what
+//! recording adds to a request over HTTP (a real server on loopback).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -182,6 +183,73 @@ async fn latency(args: &Args, load: u64) {
     tokio::task::spawn_blocking(move || log.close()).await.expect("close");
 }
 
+/// What an audited request costs over HTTP: a real server on loopback, the
+/// same kind of handler (one metadata read) on a route that is recorded
+/// (`GET /api/v1/grants`) and on one that is not (`GET /api/v1/departments/{id}`),
+/// sequentially (latency) and with 32 clients (requests per second).
+async fn http(args: &Args) {
+    const ADMIN: &str = "gdx_bench_admin_token_0123456789";
+    gdx_exchange::install_crypto_provider();
+    let dir = tempfile::tempdir_in(&args.dir).expect("tempdir");
+    let config = gdx_exchange::Config {
+        data_dir: dir.path().join("data"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        admin_token: Some(ADMIN.into()),
+        ..gdx_exchange::Config::default()
+    };
+    let app = gdx_exchange::App::start(config).await.expect("server");
+    let url = app.url();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{url}/api/v1/departments"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"id": "gongan", "name": "梅州市公安局"}))
+        .send()
+        .await
+        .expect("department");
+    assert!(created.status().is_success());
+    for (route, path, recorded) in [
+        ("GET /api/v1/departments/{id}", "/api/v1/departments/gongan", false),
+        ("GET /api/v1/grants", "/api/v1/grants", true),
+    ] {
+        let get = |client: reqwest::Client, url: String| async move {
+            let started = Instant::now();
+            let r = client.get(url).bearer_auth(ADMIN).send().await.expect("sent");
+            assert!(r.status().is_success(), "{}", r.status());
+            r.bytes().await.expect("body");
+            started.elapsed()
+        };
+        let mut times = Vec::new();
+        for _ in 0..args.latency_appends {
+            times.push(get(client.clone(), format!("{url}{path}")).await);
+        }
+        times.sort();
+        let n = args.latency_appends as u64 * 4;
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (client, url, next) = (client.clone(), format!("{url}{path}"), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    get(client.clone(), url.clone()).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("client");
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "http {route:<30} audited {:<5} sequential p50 {} p99 {}  |  32 clients {rate:>8.0} requests/s",
+            recorded,
+            ms(percentile(&times, 0.50)),
+            ms(percentile(&times, 0.99)),
+        );
+    }
+    app.stop().await.expect("stops");
+}
+
 fn main() {
     let args = args();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
@@ -198,5 +266,6 @@ fn main() {
         }
         latency(&args, 0).await;
         latency(&args, 64).await;
+        http(&args).await;
     });
 }

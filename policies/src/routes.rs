@@ -125,6 +125,23 @@ mod tests {
             (&[Analyst, Steward], "/api/v1/datasets/{id}", "PATCH", Own, true),
             (&[], "/api/v1/me", "GET", None, false),
             (&[Admin], "/api/v1/unknown", "GET", None, false),
+            (&[Analyst], "/api/v1/sharing-requests", "POST", None, true),
+            (&[Service], "/api/v1/sharing-requests", "POST", None, true),
+            (&[Steward], "/api/v1/sharing-requests", "POST", None, false),
+            (&[Admin], "/api/v1/sharing-requests", "POST", None, false),
+            (&[Steward], "/api/v1/sharing-requests/{id}/approve", "POST", Own, true),
+            (&[Steward], "/api/v1/sharing-requests/{id}/approve", "POST", Other, false),
+            (&[Admin], "/api/v1/sharing-requests/{id}/approve", "POST", Other, false),
+            (&[Analyst], "/api/v1/sharing-requests/{id}/reject", "POST", Own, false),
+            (&[Steward], "/api/v1/feedback/{id}/resolve", "POST", Own, true),
+            (&[Steward], "/api/v1/feedback/{id}/resolve", "POST", Other, false),
+            (&[Auditor], "/api/v1/audit", "GET", None, true),
+            (&[Admin], "/api/v1/audit", "GET", None, false),
+            (&[Steward], "/api/v1/audit/verify", "GET", None, false),
+            (&[Auditor], "/api/v1/audit/subjects/{key}", "GET", None, true),
+            (&[Analyst], "/api/v1/stats/usage", "GET", None, false),
+            (&[Auditor], "/api/v1/supervision/overdue", "GET", None, true),
+            (&[Auditor], "/api/v1/query", "POST", None, true),
         ];
         for (roles, route, method, scope, want) in table {
             let got = a.decide(&principal(roles, "gongan"), route, method, *scope).expect("decides");

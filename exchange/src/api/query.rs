@@ -188,7 +188,8 @@ pub async fn query(
     );
     let mut response = match format {
         AnswerFormat::Json => {
-            let (response, rows) = json_answer(df, versions.clone(), limit, deadline, timeout).await?;
+            let tail = || StreamTail::new(&state, &caller, &versions, request.purpose.as_deref());
+            let (response, rows) = json_answer(df, versions.clone(), limit, deadline, timeout, tail).await?;
             caller.audit.note(|n| n.rows = rows);
             response
         }
@@ -197,7 +198,8 @@ pub async fn query(
                 .await
                 .map_err(|_| too_long())?
                 .map_err(query_error)?;
-            let body = encode(stream, other, limit, deadline).map_err(|e| ApiError::internal(&e))?;
+            let tail = StreamTail::new(&state, &caller, &versions, request.purpose.as_deref());
+            let body = encode(stream, other, limit, deadline, tail).map_err(|e| ApiError::internal(&e))?;
             ([(header::CONTENT_TYPE, other.content_type())], Body::from_stream(body)).into_response()
         }
     };
@@ -206,6 +208,43 @@ pub async fn query(
         response.headers_mut().insert("gdx-versions", v);
     }
     Ok(response)
+}
+
+/// The second audit record of a streamed answer: the rows that actually
+/// left and whether the stream ended as it should (complete or cut at the
+/// limit) or failed (an error, the time limit, the client gone). Appended,
+/// without waiting, when the body's stream is dropped. The first record,
+/// written before the answer left, has no row count for such answers.
+struct StreamTail {
+    audit: crate::audit::AuditLog,
+    record: Option<crate::audit::Record>,
+    rows: u64,
+    complete: bool,
+}
+
+impl StreamTail {
+    fn new(state: &AppState, caller: &Caller, versions: &BTreeMap<String, i64>, purpose: Option<&str>) -> Self {
+        let record = crate::audit::Record {
+            principal: Some(caller.principal.id.clone()),
+            department: caller.principal.department.clone(),
+            action: "query.streamed".into(),
+            datasets: versions.keys().cloned().collect(),
+            versions: versions.clone(),
+            purpose: purpose.map(str::to_string),
+            ..crate::audit::Record::default()
+        };
+        Self { audit: state.audit.clone(), record: Some(record), rows: 0, complete: false }
+    }
+}
+
+impl Drop for StreamTail {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.rows = Some(self.rows);
+            record.outcome = if self.complete { "ok" } else { "failed" }.into();
+            self.audit.append_detached(record);
+        }
+    }
 }
 
 /// How an answer is written, chosen by `Accept`.
@@ -254,11 +293,13 @@ fn encode(
     format: AnswerFormat,
     limit: usize,
     deadline: tokio::time::Instant,
+    tail: StreamTail,
 ) -> Result<impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>>, arrow::error::ArrowError> {
     let schema = stream.schema();
     let encoder = Encoder::new(format, &schema)?;
-    let state = (stream, encoder, 0usize, false);
-    Ok(futures::stream::unfold(state, move |(mut stream, mut encoder, mut sent, done)| async move {
+    // The tail travels in the stream's state: dropped, and recorded, with the body.
+    let state = (stream, encoder, 0usize, false, tail);
+    Ok(futures::stream::unfold(state, move |(mut stream, mut encoder, mut sent, done, mut tail)| async move {
         if done {
             return None;
         }
@@ -273,17 +314,17 @@ fn encode(
             Ok(Ok(Some(batch))) => {
                 let take = batch.num_rows().min(limit - sent);
                 sent += take;
+                tail.rows = sent as u64;
                 encoder.write(&batch.slice(0, take)).map_err(std::io::Error::other)
             }
             Ok(Ok(None)) => {
-                return match encoder.finish(&stream.schema()) {
-                    Ok(bytes) => Some((Ok(bytes), (stream, encoder, sent, true))),
-                    Err(e) => Some((Err(std::io::Error::other(e)), (stream, encoder, sent, true))),
-                };
+                let finished = encoder.finish(&stream.schema()).map_err(std::io::Error::other);
+                tail.complete = finished.is_ok();
+                return Some((finished, (stream, encoder, sent, true, tail)));
             }
         };
         let failed = chunk.is_err();
-        Some((chunk, (stream, encoder, sent, failed)))
+        Some((chunk, (stream, encoder, sent, failed, tail)))
     }))
 }
 
@@ -510,6 +551,7 @@ async fn json_answer(
     limit: usize,
     deadline: tokio::time::Instant,
     deadline_after: std::time::Duration,
+    tail: impl FnOnce() -> StreamTail,
 ) -> ApiResult<(Response, Option<u64>)> {
     let too_long = || too_long(deadline_after);
     let schema = df.schema().as_arrow().clone();
@@ -547,28 +589,38 @@ async fn json_answer(
     first.push_str(",\"rows\":[");
     first.push_str(&join_rows(&rows, true).map_err(|e| ApiError::internal(&e))?);
     let sent = rows.len();
-    let state = (Some(stream), sent, Some(first), false);
-    let body = futures::stream::unfold(state, move |(stream, sent, first, done)| async move {
+    let mut tail = tail();
+    tail.rows = sent as u64;
+    let state = (Some(stream), sent, Some(first), false, tail);
+    let body = futures::stream::unfold(state, move |(stream, sent, first, done, mut tail)| async move {
         if done {
             return None;
         }
         if let Some(first) = first {
-            return Some((Ok(axum::body::Bytes::from(first)), (stream, sent, None, false)));
+            return Some((Ok(axum::body::Bytes::from(first)), (stream, sent, None, false, tail)));
         }
         let mut stream = stream?;
+        let end = |text: &'static str, mut tail: StreamTail| {
+            tail.complete = true;
+            Some((Ok(axum::body::Bytes::from(text)), (None, sent, None, true, tail)))
+        };
         // Past the limit: one more row tells whether the answer was cut.
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
         let batch = match next {
-            Err(_) => return Some((Err(std::io::Error::other("the query ran out of time")), (None, sent, None, true))),
-            Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e.to_string())), (None, sent, None, true))),
+            Err(_) => {
+                return Some((Err(std::io::Error::other("the query ran out of time")), (None, sent, None, true, tail)));
+            }
+            Ok(Some(Err(e))) => {
+                return Some((Err(std::io::Error::other(e.to_string())), (None, sent, None, true, tail)));
+            }
             Ok(Some(Ok(b))) => b,
-            Ok(None) => return Some((Ok(axum::body::Bytes::from("],\"truncated\":false}")), (None, sent, None, true))),
+            Ok(None) => return end("],\"truncated\":false}", tail),
         };
         if batch.num_rows() == 0 {
-            return Some((Ok(axum::body::Bytes::new()), (Some(stream), sent, None, false)));
+            return Some((Ok(axum::body::Bytes::new()), (Some(stream), sent, None, false, tail)));
         }
         if sent >= limit {
-            return Some((Ok(axum::body::Bytes::from("],\"truncated\":true}")), (None, sent, None, true)));
+            return end("],\"truncated\":true}", tail);
         }
         let take = batch.num_rows().min(limit - sent);
         let chunk = json_rows(&batch.slice(0, take))
@@ -576,13 +628,17 @@ async fn json_answer(
             .and_then(|r| join_rows(&r, sent == 0).map_err(std::io::Error::other));
         let failed = chunk.is_err();
         let cut = take < batch.num_rows();
+        if !failed {
+            tail.rows = (sent + take) as u64;
+            tail.complete = cut;
+        }
         let chunk = chunk.map(|mut c| {
             if cut {
                 c.push_str("],\"truncated\":true}");
             }
             axum::body::Bytes::from(c)
         });
-        Some((chunk, (Some(stream), sent + take, None, failed || cut)))
+        Some((chunk, (Some(stream), sent + take, None, failed || cut, tail)))
     });
     Ok((([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response(), None))
 }

@@ -127,10 +127,36 @@ async fn accesses_are_recorded_scoped_counted_and_tracked() {
     let (_, v) = s.post("/api/v1/query", &city_auditor, json!({"sql": "SELECT * FROM gongan.residents"})).await;
     assert_eq!(v["code"], "table_not_found", "auditors read no data: {v}");
 
+    // A streamed answer gets a second record once its body has left: the rows sent.
+    let csv = reqwest::Client::new()
+        .post(format!("{}/api/v1/query", s.url()))
+        .bearer_auth(&analyst)
+        .header(reqwest::header::ACCEPT, "text/csv")
+        .json(&json!({"sql": sql, "purpose": "导出"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert_eq!(csv.text().await.expect("body").lines().count(), 2, "header and one row");
+    let mut streamed = Vec::new();
+    for _ in 0..50 {
+        let (_, v) = s.get("/api/v1/audit?action=query.streamed", &city_auditor).await;
+        streamed = items(&v);
+        if !streamed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (streamed.len(), &streamed[0]["rows"], &streamed[0]["outcome"], &streamed[0]["purpose"]),
+        (1, &json!(1), &json!("ok"), &json!("导出")),
+        "{streamed:?}"
+    );
+
     // Usage per dataset and consumer department.
     let (_, v) = s.get("/api/v1/stats/usage?dataset=gongan.residents", &city_auditor).await;
     let usage = items(&v);
-    assert_eq!((usage.len(), &usage[0]["department"], &usage[0]["reads"]), (1, &json!("renshe"), &json!(1)), "{v}");
+    assert_eq!((usage.len(), &usage[0]["department"], &usage[0]["reads"]), (1, &json!("renshe"), &json!(2)), "{v}");
 
     // The data tracker: who touched this citizen's records, by the keyed hash only.
     let (code, v) = s.get(&format!("/api/v1/audit/subjects/{a}"), &city_auditor).await;
