@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, Problem};
 use super::extract::{Json, Query, page_request};
-use super::sharing::{concerns, scope_query, text_problem};
+use super::sharing::{ListParams, concerns, scope_query, text_problem};
 use crate::state::AppState;
 
 /// Longest record key accepted, in characters.
@@ -42,23 +42,6 @@ pub struct Resolution {
     pub version: Option<i64>,
     /// Why it was rejected.
     pub reason: Option<String>,
-}
-
-/// Filters of the feedback list.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// `provider`: feedback on the caller's department's datasets; `consumer`: feedback it gave; absent: both.
-    pub role: Option<String>,
-    /// open|corrected|rejected.
-    pub status: Option<String>,
-    /// Only feedback still open after its deadline.
-    pub overdue: Option<bool>,
-    /// Items per page, 1..=1000.
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<usize>,
-    /// Token from the previous page.
-    pub page_token: Option<String>,
 }
 
 /// Flags a record of a dataset the caller reads. Due a configured number of

@@ -66,18 +66,18 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Filters of the request list.
+/// Filters of the request and feedback lists.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// `provider`: requests for the caller's department's datasets (the inbox);
-    /// `consumer`: requests the caller's department made; absent: both.
+    /// `provider`: those about the caller's department's datasets (its inbox);
+    /// `consumer`: those the caller's department made; absent: both.
     pub role: Option<String>,
-    /// pending|approved|rejected.
+    /// Requests: pending|approved|rejected; feedback: open|corrected|rejected.
     pub status: Option<String>,
-    /// Only requests still pending after their deadline.
+    /// Only those still unanswered after their deadline.
     pub overdue: Option<bool>,
-    /// Only requests of this dataset.
+    /// Only those of this dataset.
     pub dataset: Option<String>,
     /// Items per page, 1..=1000.
     #[param(minimum = 1, maximum = 1000)]
