@@ -17,6 +17,7 @@ pub mod policy;
 pub mod principals;
 pub mod query;
 pub mod recorder;
+pub mod records;
 pub mod sharing;
 pub mod supervision;
 pub mod system;
@@ -50,10 +51,11 @@ use error::ApiError;
         sharing::create, sharing::list, sharing::get, sharing::approve, sharing::reject,
         feedback::create, feedback::list, feedback::resolve, supervision::overdue,
         audit::list, audit::verify, audit::subject, audit::usage,
+        records::get_one, records::get_by_columns, records::batch_get, records::verify,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing"), (name = "supervision")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing"), (name = "supervision"), (name = "lookup")),
 )]
 struct ApiDoc;
 
@@ -132,6 +134,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/datasets/{id}/versions/{v}/rejects", get(versions::rejects))
         .route("/api/v1/datasets/{id}/maintenance", post(versions::maintain))
         .route("/api/v1/datasets/{id}/policy", get(policy::get).put(policy::set))
+        .route("/api/v1/datasets/{id}/records", get(records::get_by_columns))
+        .route("/api/v1/datasets/{id}/records/{key}", get(records::get_one))
+        .route("/api/v1/datasets/{id}/records:batchGet", post(records::batch_get))
+        .route("/api/v1/datasets/{id}/records:verify", post(records::verify))
         .route("/api/v1/query", post(query::query))
         .route("/api/v1/grants", get(grants::list))
         .route("/api/v1/grants/{id}", delete(grants::revoke))

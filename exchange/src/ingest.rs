@@ -1,6 +1,7 @@
 //! The lake side of the server: catching the catalogue up with the Delta
 //! log at start, and turning commits into catalogue versions.
 
+use gdx_catalog::lake::records::RecordIndex;
 use gdx_catalog::lake::{Committed, Lake};
 use gdx_catalog::{Catalog, DatasetQuery, PageRequest, Version};
 
@@ -63,12 +64,18 @@ pub async fn catch_up(catalog: &Catalog, lake: &Lake) -> Result<usize> {
 }
 
 /// Compacts and vacuums every dataset's table once, each under its write lock.
-pub async fn maintain_all(catalog: &Catalog, lake: &Lake, retention: std::time::Duration) -> Result<()> {
+pub async fn maintain_all(
+    catalog: &Catalog,
+    lake: &Lake,
+    records: &RecordIndex,
+    retention: std::time::Duration,
+) -> Result<()> {
     for d in &all_datasets(catalog).await? {
         let lock = lake.write_lock(&d.id);
         let _guard = lock.lock().await;
         match lake.maintain(d, true, Some(retention)).await {
             Ok(m) if m != Default::default() => {
+                records.sweep(lake, d);
                 tracing::info!(dataset = %d.id, compacted = m.files_compacted, written = m.files_written, deleted = m.files_deleted, "lake maintenance")
             }
             Ok(_) => {}
@@ -82,6 +89,7 @@ pub async fn maintain_all(catalog: &Catalog, lake: &Lake, retention: std::time::
 pub fn schedule_maintenance(
     catalog: Catalog,
     lake: std::sync::Arc<Lake>,
+    records: std::sync::Arc<RecordIndex>,
     interval: std::time::Duration,
     retention: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -90,7 +98,7 @@ pub fn schedule_maintenance(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = maintain_all(&catalog, &lake, retention).await {
+            if let Err(e) = maintain_all(&catalog, &lake, &records, retention).await {
                 tracing::error!(error = %e, "lake maintenance run failed");
             }
         }

@@ -54,17 +54,7 @@ impl GovernedTable {
     ) -> DfResult<Self> {
         let inner_schema = inner.schema();
         let df_schema = DFSchema::try_from(inner_schema.as_ref().clone())?;
-        let mut filter: Option<Expr> = None;
-        for template in &plan.row_filters {
-            let parsed = gdx_policies::filter::parse(template, columns)
-                .map_err(|e| DataFusionError::Plan(format!("row filter of {label}: {e}")))?;
-            let sql = datafusion::sql::sqlparser::ast::ExprWithAlias { expr: parsed.bind(reader), alias: None };
-            let expr = state.create_logical_expr_from_sql_expr(sql, &df_schema)?;
-            filter = Some(match filter {
-                Some(f) => f.and(expr),
-                None => expr,
-            });
-        }
+        let filter = row_filter(label, &plan, reader, columns, state, &df_schema)?;
         let fields: Vec<Field> = plan
             .columns
             .iter()
@@ -75,6 +65,29 @@ impl GovernedTable {
             .collect::<DfResult<_>>()?;
         Ok(Self { label: label.to_string(), inner, plan, filter, key, schema: Arc::new(Schema::new(fields)) })
     }
+}
+
+/// The row filters of `plan` bound for `reader`, ANDed, as an expression over `schema`.
+pub fn row_filter(
+    label: &str,
+    plan: &AccessPlan,
+    reader: &Reader,
+    columns: &[String],
+    state: &datafusion::execution::SessionState,
+    schema: &DFSchema,
+) -> DfResult<Option<Expr>> {
+    let mut filter: Option<Expr> = None;
+    for template in &plan.row_filters {
+        let parsed = gdx_policies::filter::parse(template, columns)
+            .map_err(|e| DataFusionError::Plan(format!("row filter of {label}: {e}")))?;
+        let sql = datafusion::sql::sqlparser::ast::ExprWithAlias { expr: parsed.bind(reader), alias: None };
+        let expr = state.create_logical_expr_from_sql_expr(sql, schema)?;
+        filter = Some(match filter {
+            Some(f) => f.and(expr),
+            None => expr,
+        });
+    }
+    Ok(filter)
 }
 
 #[async_trait]
@@ -214,8 +227,9 @@ impl DisplayAs for GovernedExec {
     }
 }
 
-/// Filters and masks one batch.
-fn govern(
+/// Applies a row filter and masks to a batch: the rows the filter keeps, the
+/// `outputs` columns (by index in `batch`) masked, as `schema`.
+pub fn govern(
     batch: RecordBatch,
     filter: Option<&Arc<dyn PhysicalExpr>>,
     outputs: &[(usize, Mask)],

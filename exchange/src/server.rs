@@ -23,6 +23,8 @@ pub const LOCK_FILE: &str = "gdx.lock";
 const DATA_RULES_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Name of the metadata database in the data directory.
 pub const META_DB: &str = "meta.db";
+/// The record index (per data file, rebuilt from the lake when missing).
+pub const INDEX_DIR: &str = "index";
 
 /// A running server.
 #[derive(Debug)]
@@ -153,10 +155,12 @@ impl App {
             }
         }
         let watcher = tokio::spawn(data.clone().watch(DATA_RULES_POLL));
+        let records = Arc::new(gdx_catalog::lake::records::RecordIndex::new(dir.join(INDEX_DIR)));
         let maintenance = (config.maintenance_interval_hours > 0).then(|| {
             crate::ingest::schedule_maintenance(
                 catalog.clone(),
                 lake.clone(),
+                records.clone(),
                 std::time::Duration::from_secs(config.maintenance_interval_hours * 3600),
                 std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
             )
@@ -171,6 +175,8 @@ impl App {
             secret: Arc::new(secret),
             calendar: Arc::new(calendar),
             audit: audit.clone(),
+            records,
+            lookups: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -31,4 +31,8 @@ pub struct AppState {
     pub calendar: Arc<gdx_catalog::workdays::Calendar>,
     /// The audit log.
     pub audit: crate::audit::AuditLog,
+    /// The record index of lookups.
+    pub records: Arc<gdx_catalog::lake::records::RecordIndex>,
+    /// Compiled lookup governance per caller and dataset.
+    pub lookups: Arc<crate::api::records::LookupPlans>,
 }

@@ -93,7 +93,7 @@ fn query_error(e: DataFusionError) -> ApiError {
 }
 
 /// What the reader's placeholders stand for.
-async fn reader(state: &AppState, principal: &Principal) -> ApiResult<Reader> {
+pub(crate) async fn reader(state: &AppState, principal: &Principal) -> ApiResult<Reader> {
     let department = match &principal.department {
         Some(d) => Some(state.catalog.store().department(d).await?),
         None => None,
@@ -657,7 +657,7 @@ fn join_rows(rows: &[Vec<Value>], first: bool) -> Result<String, serde_json::Err
 
 /// A batch's rows as JSON arrays (columns renamed first: names may repeat;
 /// decimals as strings, so no digit is lost to a float).
-fn json_rows(batch: &arrow::array::RecordBatch) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
+pub(crate) fn json_rows(batch: &arrow::array::RecordBatch) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
     use arrow::datatypes::DataType;
     let columns = batch
         .columns()

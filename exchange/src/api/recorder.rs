@@ -81,6 +81,9 @@ const UNRECORDED_READS: &[&str] = &[
 pub fn action_of(method: &Method, route: &str) -> String {
     let named = match (method.as_str(), route) {
         ("POST", "/api/v1/query") => "query",
+        ("GET", "/api/v1/datasets/{id}/records/{key}") | ("GET", "/api/v1/datasets/{id}/records") => "lookup",
+        ("POST", "/api/v1/datasets/{id}/records:batchGet") => "batch_lookup",
+        ("POST", "/api/v1/datasets/{id}/records:verify") => "verify",
         ("POST", "/api/v1/departments") => "department.create",
         ("POST", "/api/v1/principals") => "principal.create",
         ("PATCH", "/api/v1/principals/{id}") => "principal.update",

@@ -392,6 +392,11 @@ pub async fn push(
     }
     let version = crate::ingest::version_of(&committed);
     state.catalog.store().record_version(&id, version.clone()).await?;
+    // The record index of the new files, so the first lookups find it ready;
+    // should it fail, the first lookup builds what is missing.
+    if let Err(e) = state.records.snapshot(&state.lake, &current, committed.delta_version).await {
+        tracing::warn!(dataset = %id, error = %e, "record index not updated at commit");
+    }
     tracing::info!(dataset = %id, version = next, delta_version = committed.delta_version, rows = version.rows_written, "version committed");
     Ok((StatusCode::CREATED, axum::Json(pushed(&caller, &id, &version))))
 }
@@ -478,6 +483,7 @@ pub async fn maintain(
         .maintain(&dataset, req.optimize.unwrap_or(true), vacuum)
         .await
         .map_err(|e| ApiError::internal(&e))?;
+    state.records.sweep(&state.lake, &dataset);
     tracing::info!(dataset = %id, compacted = m.files_compacted, deleted = m.files_deleted, "maintenance by request");
     Ok(axum::Json(m))
 }

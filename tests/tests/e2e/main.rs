@@ -6,5 +6,6 @@ mod audit;
 mod foundation;
 mod ingest;
 mod query;
+mod records;
 mod sharing;
 mod slt;
