@@ -5,6 +5,7 @@
 //! JSON with `--json`.
 
 pub mod audit;
+pub mod records;
 pub mod work;
 
 use std::path::Path;

@@ -57,6 +57,27 @@ enum Command {
     /// Data-quality feedback: flag a record; resolve feedback (stewards of the providing department).
     #[command(subcommand)]
     Feedback(gdx_exchange::cli::work::FeedbackCmd),
+    /// Fetch records by key (services; the provider's stewards): `KEY`, or `col=value,col2=value` for a composite key.
+    Get {
+        /// `{department}.{name}`.
+        dataset: String,
+        /// One or more keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+        /// Read this version instead of the latest.
+        #[arg(long)]
+        as_of: Option<i64>,
+    },
+    /// Verify a record without seeing it: exits 0 when it exists and every field matches.
+    Verify {
+        /// `{department}.{name}`.
+        dataset: String,
+        /// The key.
+        key: String,
+        /// `column=value` to check.
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
     /// The audit trail: list records (auditors), verify the hash chain (offline with --data-dir).
     #[command(subcommand)]
     Audit(gdx_exchange::cli::audit::AuditCmd),
@@ -539,6 +560,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Request(cmd) => gdx_exchange::cli::work::request(&client()?, cmd, json).await?,
         Command::Feedback(cmd) => gdx_exchange::cli::work::feedback(&client()?, cmd, json).await?,
+        Command::Get { dataset, keys, as_of } => {
+            gdx_exchange::cli::records::get(&client()?, &dataset, &keys, as_of, json).await?
+        }
+        Command::Verify { dataset, key, fields } => {
+            if !gdx_exchange::cli::records::verify(&client()?, &dataset, &key, &fields, json).await? {
+                anyhow::bail!("the record does not match");
+            }
+        }
         Command::Audit(cmd) => {
             if !gdx_exchange::cli::audit::run(client, cmd, json).await? {
                 anyhow::bail!("the audit log does not verify");

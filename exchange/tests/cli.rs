@@ -220,6 +220,23 @@ async fn cli_administers_and_searches_the_catalogue() {
     let r = gdx(&url, Some(&outsider), &["sql", sql, "--format", "csv"]).await;
     let name = r.stdout.lines().nth(1).unwrap_or("*");
     assert!(!name.contains('*'), "the name in clear under the grant: {}", r.stdout);
+    // Lookups and verification by the provider's steward.
+    let r = gdx(
+        &url,
+        Some(&steward),
+        &["sql", "SELECT id_number, name FROM gongan.population ORDER BY id_number LIMIT 1", "--format", "csv"],
+    )
+    .await;
+    let first = r.stdout.lines().nth(1).expect("a row").to_string();
+    let (id, name) = first.split_once(',').expect("two columns");
+    let r = gdx(&url, Some(&steward), &["get", "gongan.population", id]).await;
+    assert!(r.code == 0 && r.stdout.contains(name) && r.stdout.contains("1 found"), "{} {}", r.stdout, r.stderr);
+    let r = gdx(&url, Some(&steward), &["get", "gongan.population", "441402199901019999"]).await;
+    assert!(r.code != 0 && r.stdout.contains("0 found"), "{} {}", r.stdout, r.stderr);
+    let r = gdx(&url, Some(&steward), &["verify", "gongan.population", id, &format!("name={name}")]).await;
+    assert!(r.code == 0 && r.stdout.contains("name: matches"), "{} {}", r.stdout, r.stderr);
+    let r = gdx(&url, Some(&steward), &["verify", "gongan.population", id, "name=无名氏"]).await;
+    assert!(r.code != 0 && r.stdout.contains("does not match"), "{} {}", r.stdout, r.stderr);
     // Feedback on a record, answered by the provider.
     let r = gdx(
         &url,
