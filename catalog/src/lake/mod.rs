@@ -143,6 +143,8 @@ const INFO_KEY: &str = "gdx.push";
 /// Size at which a data file is closed: the writer holds a file's bytes until
 /// it is stored, so this bounds a push's memory as much as the row groups do.
 const TARGET_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Rows per Parquet data page at most.
+const DATA_PAGE_ROWS: usize = 1024;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
@@ -183,7 +185,10 @@ pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
         // Row groups are buffered whole while written: this bounds a writer's memory.
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(64 * 1024 * 1024))
-        .set_statistics_enabled(EnabledStatistics::Page);
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Small pages: a record lookup decompresses the one page of each
+        // column that holds its row (the offset index skips the others).
+        .set_data_page_row_count_limit(DATA_PAGE_ROWS);
     for k in &dataset.primary_key {
         b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
     }

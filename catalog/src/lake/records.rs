@@ -1,43 +1,50 @@
 //! Record lookups by primary key, without a scan and without planning SQL.
 //!
 //! Data files are immutable, so the index is kept per data file: a sidecar
-//! (`<data-dir>/index/<department>/<name>/<file>.keys`) holding, for every row
-//! of the file, the 64-bit hash of its key (Arrow's row encoding of the key
-//! columns, hashed with XXH3) and the row's number, sorted by hash. A version
-//! of the table is the set of files its Delta snapshot lists, so the index of
-//! any version is the sidecars of its files: nothing is copied per version,
-//! and `as_of` costs no more than the latest. A primary key lives in one file
-//! of a version; a lookup binary-searches each file's sidecar, reads the
-//! candidate row from the Parquet file (page index: only the pages holding it)
-//! and compares the key itself, so a hash collision cannot return a wrong row.
+//! (`<data-dir>/index/<department>/<name>/<file>.keys`) holding every row of
+//! the file in Arrow's row format, and a directory of the rows by the 64-bit
+//! hash of their key (XXH3 of the key columns' row encoding), sorted. A
+//! version of the table is the set of files its Delta snapshot lists, so the
+//! index of any version is the sidecars of its files: nothing is copied per
+//! version, and `as_of` costs what the latest does. A primary key lives in one
+//! file of a version; a lookup binary-searches each file's directory (kept in
+//! memory), reads the candidate rows with one positioned read each, decodes
+//! them and compares the key itself, so a hash collision cannot return a
+//! wrong row. Nothing is decompressed: a Parquet page of each column per
+//! lookup cost ten times more (see `docs/benchmarks.md`).
 //!
 //! Sidecars are written when a version is committed ([`RecordIndex::snapshot`]
 //! after the commit), kept across restarts, and built from the data file
-//! whenever one is missing (a crash before it was written, a deleted index,
-//! compaction's new files), so the index always catches up with the lake.
-//! Sidecars are written to a temporary name and renamed: never half-written.
+//! whenever one is missing or of another format (a crash before it was
+//! written, a deleted index, compaction's new files, another Arrow release:
+//! the row format is not stable across them), so the index always catches
+//! up with the lake. Sidecars are written to a temporary name and renamed.
+//!
+//! Layout: `GDXKEYS2`, a JSON header (Arrow release, the columns and their
+//! types when it was built), the rows, then the directory (hash, offset,
+//! length per row, sorted by hash), and last the directory's offset and row
+//! count.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
 use arrow::compute::CastOptions;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
-};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::{Lake, LakeError, delta};
-use crate::model::Dataset;
+use crate::model::{ColumnType, Dataset};
 
+/// Keys a lookup answers on the calling thread; more go to a blocking thread.
+const INLINE_KEYS: usize = 16;
 /// Versions whose file lists are kept in memory.
 const CACHED_VERSIONS: usize = 64;
-const MAGIC: &[u8; 8] = b"GDXKEYS1";
+const MAGIC: &[u8; 8] = b"GDXKEYS2";
 
 /// Why a lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,32 +74,39 @@ fn index_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> LookupError + '_
     move |e| LookupError::Index { path: path.to_path_buf(), message: e.to_string() }
 }
 
-/// One data file and its sorted key hashes.
+/// One data file's sidecar: its rows' key hashes, sorted, with where each
+/// row's bytes are, and the open sidecar to read them from.
 #[derive(Debug)]
 pub struct FileKeys {
-    data: PathBuf,
-    entries: Vec<(u64, u32)>,
-    meta: OnceLock<ArrowReaderMetadata>,
+    sidecar: PathBuf,
+    file: File,
+    /// The columns (name, type) the rows were encoded with.
+    columns: Vec<(String, ColumnType)>,
+    hashes: Vec<u64>,
+    offsets: Vec<u64>,
+    lengths: Vec<u32>,
 }
 
 impl FileKeys {
-    /// Row numbers of the file whose key hashes to `h`.
-    fn rows(&self, h: u64) -> impl Iterator<Item = u32> + '_ {
-        let start = self.entries.partition_point(|(k, _)| *k < h);
-        self.entries[start..].iter().take_while(move |(k, _)| *k == h).map(|(_, r)| *r)
+    /// Directory entries whose key hashes to `h`.
+    fn candidates(&self, h: u64) -> std::ops::Range<usize> {
+        let start = self.hashes.partition_point(|k| *k < h);
+        let end = start + self.hashes[start..].iter().take_while(|k| **k == h).count();
+        start..end
     }
 
-    fn metadata(&self) -> Result<&ArrowReaderMetadata, LookupError> {
-        if let Some(m) = self.meta.get() {
-            return Ok(m);
-        }
-        let file = File::open(&self.data).map_err(|e| index_err(&self.data)(&e))?;
-        let m = ArrowReaderMetadata::load(
-            &file,
-            ArrowReaderOptions::new().with_offset_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+    /// The encoded row of directory entry `i`.
+    fn row_bytes(&self, i: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; self.lengths[i] as usize];
+        self.file.read_exact_at(&mut buf, self.offsets[i])?;
+        Ok(buf)
+    }
+
+    fn schema(&self) -> Schema {
+        Schema::new(
+            self.columns.iter().map(|(n, t)| Field::new(n, t.arrow_type(), true)).collect::<Vec<_>>(),
         )
-        .map_err(|e| index_err(&self.data)(&e))?;
-        Ok(self.meta.get_or_init(|| m))
     }
 }
 
@@ -105,7 +119,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Rows in the version.
     pub fn rows(&self) -> usize {
-        self.files.iter().map(|f| f.entries.len()).sum()
+        self.files.iter().map(|f| f.hashes.len()).sum()
     }
 }
 
@@ -226,6 +240,12 @@ impl RecordIndex {
     ) -> Result<Found, LookupError> {
         let wanted = parse_keys(dataset, &keys)?;
         let snapshot = self.snapshot(lake, dataset, delta_version).await?;
+        // A few positioned reads of a file the page cache holds and their
+        // decoding: cheaper inline than a hand-off to a blocking thread. A
+        // large batch goes to one.
+        if keys.len() <= INLINE_KEYS {
+            return find(dataset, &snapshot, &wanted, keys.len());
+        }
         let dataset = dataset.clone();
         tokio::task::spawn_blocking(move || find(&dataset, &snapshot, &wanted, keys.len()))
             .await
@@ -268,80 +288,154 @@ pub fn parse_keys(dataset: &Dataset, keys: &[Vec<String>]) -> Result<Vec<ArrayRe
         .collect()
 }
 
-/// Reads a sidecar, or builds it from the data file when it is missing or unreadable.
+/// A writer that knows how many bytes it wrote.
+struct Counted {
+    out: std::io::BufWriter<File>,
+    at: u64,
+}
+
+impl Counted {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.at += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// What a sidecar's header says.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Header {
+    /// The Arrow release whose row format the rows are in.
+    arrow: String,
+    /// The columns the rows hold, with their types.
+    columns: Vec<(String, ColumnType)>,
+}
+
+fn arrow_release() -> String {
+    // The row format may change between Arrow releases: sidecars of another are rebuilt.
+    format!("arrow-row {}", ROW_FORMAT_RELEASE)
+}
+
+/// The Arrow release this build encodes rows with (the workspace pins arrow 59).
+const ROW_FORMAT_RELEASE: &str = "59";
+
+/// Reads a sidecar, or builds it from the data file when it is missing,
+/// damaged or of another format.
 fn load_or_build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<FileKeys, LookupError> {
-    if let Some(entries) = read_sidecar(sidecar) {
-        return Ok(FileKeys { data: data.to_path_buf(), entries, meta: OnceLock::new() });
+    if let Some(keys) = read_sidecar(sidecar) {
+        return Ok(keys);
     }
     let started = std::time::Instant::now();
-    let entries = build(dataset, data)?;
-    let err = index_err(sidecar);
-    if let Some(dir) = sidecar.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    build(dataset, data, sidecar)?;
+    let keys = read_sidecar(sidecar)
+        .ok_or_else(|| LookupError::Index { path: sidecar.to_path_buf(), message: "unreadable after writing".into() })?;
+    tracing::debug!(dataset = %dataset.id, rows = keys.hashes.len(), ms = started.elapsed().as_millis() as u64, "record index of a data file built");
+    Ok(keys)
+}
+
+fn read_sidecar(path: &Path) -> Option<FileKeys> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    let mut head = [0u8; 12];
+    file.read_exact_at(&mut head, 0).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
     }
-    let tmp = sidecar.with_extension(format!("keys.tmp{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
-        out.write_all(MAGIC)?;
-        out.write_all(&(entries.len() as u64).to_le_bytes())?;
-        for (h, r) in &entries {
-            out.write_all(&h.to_le_bytes())?;
-            out.write_all(&r.to_le_bytes())?;
+    let header_len = u32::from_le_bytes(head[8..12].try_into().ok()?) as u64;
+    let mut header = vec![0u8; usize::try_from(header_len).ok()?];
+    file.read_exact_at(&mut header, 12).ok()?;
+    let header: Header = serde_json::from_slice(&header).ok()?;
+    if header.arrow != arrow_release() || size < 16 {
+        return None;
+    }
+    let mut tail = [0u8; 16];
+    file.read_exact_at(&mut tail, size - 16).ok()?;
+    let directory = u64::from_le_bytes(tail[..8].try_into().ok()?);
+    let n = usize::try_from(u64::from_le_bytes(tail[8..].try_into().ok()?)).ok()?;
+    if directory.checked_add(n as u64 * 20)? != size - 16 {
+        return None;
+    }
+    let mut bytes = vec![0u8; n * 20];
+    file.read_exact_at(&mut bytes, directory).ok()?;
+    let (mut hashes, mut offsets, mut lengths) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for e in bytes.chunks_exact(20) {
+        hashes.push(u64::from_le_bytes(e[..8].try_into().ok()?));
+        let offset = u64::from_le_bytes(e[8..16].try_into().ok()?);
+        let length = u32::from_le_bytes(e[16..].try_into().ok()?);
+        if offset.checked_add(u64::from(length))? > directory {
+            return None;
         }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, sidecar)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(&e));
+        offsets.push(offset);
+        lengths.push(length);
     }
-    tracing::debug!(dataset = %dataset.id, rows = entries.len(), ms = started.elapsed().as_millis() as u64, "record index of a data file built");
-    Ok(FileKeys { data: data.to_path_buf(), entries, meta: OnceLock::new() })
-}
-
-fn read_sidecar(path: &Path) -> Option<Vec<(u64, u32)>> {
-    let mut bytes = Vec::new();
-    File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
+    if !hashes.is_sorted() {
         return None;
     }
-    let n = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
-    if bytes.len() != 16 + n * 12 {
-        return None;
-    }
-    let entries = bytes[16..]
-        .chunks_exact(12)
-        .map(|c| {
-            let (h, r) = c.split_at(8);
-            (u64::from_le_bytes(h.try_into().unwrap_or_default()), u32::from_le_bytes(r.try_into().unwrap_or_default()))
-        })
-        .collect::<Vec<_>>();
-    entries.is_sorted().then_some(entries)
+    Some(FileKeys { sidecar: path.to_path_buf(), file, columns: header.columns, hashes, offsets, lengths })
 }
 
-/// The sorted key hashes of a data file's rows.
-fn build(dataset: &Dataset, data: &Path) -> Result<Vec<(u64, u32)>, LookupError> {
+/// Writes the sidecar of a data file: every row in Arrow's row format, then
+/// the directory by key hash. Streams the file: one batch in memory at a time,
+/// plus 20 bytes a row for the directory.
+fn build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<(), LookupError> {
     let err = index_err(data);
     let file = File::open(data).map_err(|e| err(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(&e))?.with_batch_size(64 * 1024);
-    let names: Vec<&str> = dataset.primary_key.iter().map(String::as_str).collect();
-    let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
-    let reader = builder.with_projection(mask).build().map_err(|e| err(&e))?;
-    let converter = converter(dataset).map_err(|e| err(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| err(&e))?
+        .with_batch_size(16 * 1024)
+        .build()
+        .map_err(|e| err(&e))?;
+    let columns: Vec<(String, ColumnType)> = dataset.columns.iter().map(|c| (c.name.clone(), c.column_type)).collect();
+    let schema = nullable(&dataset.arrow_schema());
+    let rows_converter =
+        RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
+            .map_err(|e| err(&e))?;
+    let key_converter = converter(dataset).map_err(|e| err(&e))?;
     let fields = key_fields(dataset);
-    let mut entries = Vec::new();
-    let mut row = 0u32;
-    for batch in reader {
-        let batch = batch.map_err(|e| err(&e))?;
-        let columns = key_columns(&batch, &fields).map_err(|e| err(&e))?;
-        let rows = converter.convert_columns(&columns).map_err(|e| err(&e))?;
-        for r in rows.iter() {
-            entries.push((hash(r.as_ref()), row));
-            row += 1;
-        }
+    let out_err = index_err(sidecar);
+    if let Some(dir) = sidecar.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| out_err(&e))?;
     }
-    entries.sort_unstable();
-    Ok(entries)
+    let tmp = sidecar.with_extension(format!("keys.tmp{}", std::process::id()));
+    let header = serde_json::to_vec(&Header { arrow: arrow_release(), columns }).map_err(|e| out_err(&e))?;
+    let write = || -> Result<(), LookupError> {
+        let out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| out_err(&e))?);
+        let mut w = Counted { out, at: 0 };
+        w.put(MAGIC).map_err(|e| out_err(&e))?;
+        w.put(&(header.len() as u32).to_le_bytes()).map_err(|e| out_err(&e))?;
+        w.put(&header).map_err(|e| out_err(&e))?;
+        let mut directory: Vec<(u64, u64, u32)> = Vec::new();
+        for batch in reader {
+            let batch = align(&batch.map_err(|e| err(&e))?, &schema).map_err(|e| err(&e))?;
+            let keys = key_converter
+                .convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?)
+                .map_err(|e| err(&e))?;
+            let rows = rows_converter.convert_columns(batch.columns()).map_err(|e| err(&e))?;
+            for (k, r) in keys.iter().zip(rows.iter()) {
+                let bytes = r.as_ref();
+                let length = u32::try_from(bytes.len()).map_err(|e| err(&e))?;
+                directory.push((hash(k.as_ref()), w.at, length));
+                w.put(bytes).map_err(|e| out_err(&e))?;
+            }
+        }
+        directory.sort_unstable();
+        let start = w.at;
+        for (h, offset, length) in &directory {
+            w.put(&h.to_le_bytes()).map_err(|e| out_err(&e))?;
+            w.put(&offset.to_le_bytes()).map_err(|e| out_err(&e))?;
+            w.put(&length.to_le_bytes()).map_err(|e| out_err(&e))?;
+        }
+        w.put(&start.to_le_bytes()).map_err(|e| out_err(&e))?;
+        w.put(&(directory.len() as u64).to_le_bytes()).map_err(|e| out_err(&e))?;
+        w.out.into_inner().map_err(|e| out_err(&e.into_error()))?.sync_all().map_err(|e| out_err(&e))?;
+        std::fs::rename(&tmp, sidecar).map_err(|e| out_err(&e))
+    };
+    let written = write();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn key_columns(
@@ -359,43 +453,42 @@ fn key_columns(
         .collect()
 }
 
-/// Finds each key's row: candidates by hash in every file, read together per
-/// file, kept when their key equals the one asked.
+/// Finds each key's row: candidates by hash in every file's directory, read
+/// and decoded, kept when their key equals the one asked.
 fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -> Result<Found, LookupError> {
     let schema = nullable(&dataset.arrow_schema());
     let arrow_err = |e: &dyn std::fmt::Display| LookupError::Index { path: PathBuf::new(), message: e.to_string() };
     let converter = converter(dataset).map_err(|e| arrow_err(&e))?;
     let asked = converter.convert_columns(wanted).map_err(|e| arrow_err(&e))?;
-    // Per file: the candidate rows and the keys they may answer.
-    let mut candidates: Vec<Vec<(u32, usize)>> = vec![Vec::new(); snapshot.files.len()];
-    for k in 0..n {
-        let h = hash(asked.row(k).as_ref());
-        for (f, file) in snapshot.files.iter().enumerate() {
-            candidates[f].extend(file.rows(h).map(|r| (r, k)));
-        }
-    }
     let fields = key_fields(dataset);
     let mut batches: Vec<RecordBatch> = Vec::new();
     // For each key asked: (batch, row) where it was found.
     let mut hits: Vec<Option<(usize, usize)>> = vec![None; n];
-    for (f, wanted_rows) in candidates.into_iter().enumerate() {
-        if wanted_rows.is_empty() {
+    for file in &snapshot.files {
+        // The candidates of this file: (directory entry, key asked).
+        let mut candidates: Vec<(usize, usize)> = Vec::new();
+        for (k, hit) in hits.iter().enumerate() {
+            if hit.is_none() {
+                candidates.extend(file.candidates(hash(asked.row(k).as_ref())).map(|i| (i, k)));
+            }
+        }
+        if candidates.is_empty() {
             continue;
         }
-        let mut rows: Vec<u32> = wanted_rows.iter().map(|(r, _)| *r).collect();
-        rows.sort_unstable();
-        rows.dedup();
-        let file = &snapshot.files[f];
-        let batch = read_rows(file, &rows, &schema)?;
-        let err = index_err(&file.data);
-        let found =
-            converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
-        for (r, k) in &wanted_rows {
-            if let Ok(i) = rows.binary_search(r)
-                && hits[*k].is_none()
-                && found.row(i) == asked.row(*k)
-            {
-                hits[*k] = Some((batches.len(), i));
+        let err = index_err(&file.sidecar);
+        let stored = file.schema();
+        let rows_converter =
+            RowConverter::new(stored.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
+                .map_err(|e| err(&e))?;
+        let parser = rows_converter.parser();
+        let bytes = candidates.iter().map(|(i, _)| file.row_bytes(*i)).collect::<std::io::Result<Vec<_>>>().map_err(|e| err(&e))?;
+        let columns = rows_converter.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
+        let batch = RecordBatch::try_new(Arc::new(stored), columns).map_err(|e| err(&e))?;
+        let batch = align(&batch, &schema).map_err(|e| err(&e))?;
+        let found = converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        for (row, (_, k)) in candidates.iter().enumerate() {
+            if hits[*k].is_none() && found.row(row) == asked.row(*k) {
+                hits[*k] = Some((batches.len(), row));
             }
         }
         batches.push(batch);
@@ -423,33 +516,6 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
 
 fn nullable(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
-}
-
-/// The given rows (sorted, distinct) of a data file, aligned to the dataset's schema.
-fn read_rows(file: &FileKeys, rows: &[u32], schema: &SchemaRef) -> Result<RecordBatch, LookupError> {
-    let err = index_err(&file.data);
-    let meta = file.metadata()?.clone();
-    let mut selectors = Vec::with_capacity(rows.len() * 2);
-    let mut at = 0usize;
-    for r in rows {
-        let r = *r as usize;
-        if r > at {
-            selectors.push(RowSelector::skip(r - at));
-        }
-        selectors.push(RowSelector::select(1));
-        at = r + 1;
-    }
-    let f = File::open(&file.data).map_err(|e| err(&e))?;
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta)
-        .with_row_selection(RowSelection::from(selectors))
-        .with_batch_size(rows.len().max(1))
-        .build()
-        .map_err(|e| err(&e))?;
-    let mut batches = Vec::new();
-    for b in reader {
-        batches.push(align(&b.map_err(|e| err(&e))?, schema).map_err(|e| err(&e))?);
-    }
-    arrow::compute::concat_batches(schema, &batches).map_err(|e| err(&e))
 }
 
 /// A batch of a data file as the dataset's schema: columns by name, cast to

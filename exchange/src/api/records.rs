@@ -45,6 +45,8 @@ pub struct Governance {
 #[derive(Debug, Default)]
 pub struct LookupPlans {
     cache: Mutex<HashMap<(String, String), Compiled>>,
+    /// Delta versions of GDX versions, by (dataset, version).
+    deltas: Mutex<HashMap<(String, i64), u64>>,
 }
 
 /// A compiled governance and the access plan it was compiled from.
@@ -139,7 +141,7 @@ async fn target(
             version.delta_version.map(|d| (v, d as u64))
         }
         None => match dataset.current_version {
-            Some(v) => state.catalog.store().version(id, v).await?.delta_version.map(|d| (v, d as u64)),
+            Some(v) => delta_of(state, id, v).await?.map(|d| (v, d)),
             None => None,
         },
     };
@@ -149,6 +151,22 @@ async fn target(
         });
     }
     Ok(Target { dataset, version, governance })
+}
+
+/// The Delta version of a GDX version (a committed version never changes, so
+/// the answer is remembered).
+async fn delta_of(state: &AppState, id: &str, version: i64) -> ApiResult<Option<u64>> {
+    let key = (id.to_string(), version);
+    if let Some(d) = state.lookups.deltas.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(Some(*d));
+    }
+    let Some(delta) = state.catalog.store().version(id, version).await?.delta_version else { return Ok(None) };
+    let mut deltas = state.lookups.deltas.lock().unwrap_or_else(|p| p.into_inner());
+    if deltas.len() > 100_000 {
+        deltas.clear();
+    }
+    deltas.insert(key, delta as u64);
+    Ok(Some(delta as u64))
 }
 
 fn lookup_error(e: LookupError) -> ApiError {
