@@ -104,9 +104,7 @@ impl FileKeys {
     }
 
     fn schema(&self) -> Schema {
-        Schema::new(
-            self.columns.iter().map(|(n, t)| Field::new(n, t.arrow_type(), true)).collect::<Vec<_>>(),
-        )
+        Schema::new(self.columns.iter().map(|(n, t)| Field::new(n, t.arrow_type(), true)).collect::<Vec<_>>())
     }
 }
 
@@ -327,8 +325,10 @@ fn load_or_build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<FileK
     }
     let started = std::time::Instant::now();
     build(dataset, data, sidecar)?;
-    let keys = read_sidecar(sidecar)
-        .ok_or_else(|| LookupError::Index { path: sidecar.to_path_buf(), message: "unreadable after writing".into() })?;
+    let keys = read_sidecar(sidecar).ok_or_else(|| LookupError::Index {
+        path: sidecar.to_path_buf(),
+        message: "unreadable after writing".into(),
+    })?;
     tracing::debug!(dataset = %dataset.id, rows = keys.hashes.len(), ms = started.elapsed().as_millis() as u64, "record index of a data file built");
     Ok(keys)
 }
@@ -481,11 +481,16 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
             RowConverter::new(stored.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
                 .map_err(|e| err(&e))?;
         let parser = rows_converter.parser();
-        let bytes = candidates.iter().map(|(i, _)| file.row_bytes(*i)).collect::<std::io::Result<Vec<_>>>().map_err(|e| err(&e))?;
+        let bytes = candidates
+            .iter()
+            .map(|(i, _)| file.row_bytes(*i))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| err(&e))?;
         let columns = rows_converter.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
         let batch = RecordBatch::try_new(Arc::new(stored), columns).map_err(|e| err(&e))?;
         let batch = align(&batch, &schema).map_err(|e| err(&e))?;
-        let found = converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        let found =
+            converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
         for (row, (_, k)) in candidates.iter().enumerate() {
             if hits[*k].is_none() && found.row(row) == asked.row(*k) {
                 hits[*k] = Some((batches.len(), row));
