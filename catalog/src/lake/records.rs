@@ -137,6 +137,9 @@ pub struct RecordIndex {
     root: PathBuf,
     files: Mutex<HashMap<PathBuf, Weak<FileKeys>>>,
     versions: Mutex<VecDeque<(VersionKey, Arc<Snapshot>)>>,
+    /// One builder of a dataset's missing sidecars at a time: a lookup that
+    /// arrives while the commit's index is being built waits for it.
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A dataset id and a Delta version.
@@ -145,7 +148,7 @@ type VersionKey = (String, u64);
 impl RecordIndex {
     /// The index kept under `root` (`<data-dir>/index`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), files: Mutex::default(), versions: Mutex::default() }
+        Self { root: root.into(), files: Mutex::default(), versions: Mutex::default(), building: Mutex::default() }
     }
 
     fn folder(&self, dataset: &Dataset) -> PathBuf {
@@ -161,6 +164,12 @@ impl RecordIndex {
         delta_version: u64,
     ) -> Result<Arc<Snapshot>, LookupError> {
         let cache_key = (dataset.id.clone(), delta_version);
+        if let Some(s) = self.cached(&cache_key) {
+            return Ok(s);
+        }
+        let lock =
+            self.building.lock().unwrap_or_else(|p| p.into_inner()).entry(dataset.id.clone()).or_default().clone();
+        let _building = lock.lock().await;
         if let Some(s) = self.cached(&cache_key) {
             return Ok(s);
         }
@@ -213,13 +222,18 @@ impl RecordIndex {
     }
 
     /// Removes the sidecars of data files no longer in the lake (after vacuum)
-    /// and forgets the dataset's cached versions.
+    /// and any left half-written, and forgets the dataset's cached versions.
     pub fn sweep(&self, lake: &Lake, dataset: &Dataset) {
         self.versions.lock().unwrap_or_else(|p| p.into_inner()).retain(|((id, _), _)| id != &dataset.id);
         let Ok(entries) = std::fs::read_dir(self.folder(dataset)) else { return };
         let table_dir = lake.table_path(dataset);
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            // A sidecar left half-written by a process that stopped while building it.
+            if name.contains(".keys.tmp") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             let Some(data) = name.strip_suffix(".keys") else { continue };
             if !table_dir.join(data.replace('%', "/")).exists() {
                 let _ = std::fs::remove_file(entry.path());

@@ -392,11 +392,20 @@ pub async fn push(
     }
     let version = crate::ingest::version_of(&committed);
     state.catalog.store().record_version(&id, version.clone()).await?;
-    // The record index of the new files, so the first lookups find it ready;
-    // should it fail, the first lookup builds what is missing.
-    if let Err(e) = state.records.snapshot(&state.lake, &current, committed.delta_version).await {
-        tracing::warn!(dataset = %id, error = %e, "record index not updated at commit");
-    }
+    // The record index of the new files is built beside the answer, not before
+    // it (a push's rate stays the lake's); a lookup that comes first waits for
+    // it, and should it fail, the next lookup builds what is missing.
+    let (records, lake, dataset, delta) =
+        (state.records.clone(), state.lake.clone(), current.clone(), committed.delta_version);
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match records.snapshot(&lake, &dataset, delta).await {
+            Ok(s) => {
+                tracing::info!(dataset = %dataset.id, rows = s.rows(), ms = started.elapsed().as_millis() as u64, "record index updated")
+            }
+            Err(e) => tracing::warn!(dataset = %dataset.id, error = %e, "record index not updated at commit"),
+        }
+    });
     tracing::info!(dataset = %id, version = next, delta_version = committed.delta_version, rows = version.rows_written, "version committed");
     Ok((StatusCode::CREATED, axum::Json(pushed(&caller, &id, &version))))
 }
