@@ -224,6 +224,20 @@ impl SqliteStore {
         .await
     }
 
+    /// A point read by primary key: on the calling thread when a reader
+    /// connection is free (a few microseconds in WAL mode, where readers never
+    /// wait for the writer), else on a blocking thread like any read.
+    async fn read_point<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if let Some(conn) = self.inner.readers.iter().find_map(|r| r.try_lock().ok()) {
+            return f(&conn);
+        }
+        self.read(f).await
+    }
+
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -391,7 +405,8 @@ fn get_token(c: &Connection, id: &str) -> Result<TokenInfo> {
 }
 
 fn get_dataset(c: &Connection, id: &str) -> Result<Dataset> {
-    c.query_row(&format!("SELECT {DATASET_COLS} FROM datasets d WHERE d.id = ?1"), [id], dataset_row)
+    c.prepare_cached(&format!("SELECT {DATASET_COLS} FROM datasets d WHERE d.id = ?1"))?
+        .query_row([id], dataset_row)
         .optional()?
         .ok_or_else(|| not_found("dataset", id))
 }
@@ -794,12 +809,11 @@ impl MetaStore for SqliteStore {
     }
 
     async fn authenticate(&self, hash: TokenHash) -> Result<Option<(Principal, TokenInfo)>> {
-        self.read(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {PRINCIPAL_COLS}, {TOKEN_COLS} FROM tokens t JOIN principals p ON p.id = t.principal WHERE t.hash = ?1"),
-                [&hash[..]],
-                |r| Ok((principal_row(r)?, token_row(r, 7)?)),
-            )
+        self.read_point(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {PRINCIPAL_COLS}, {TOKEN_COLS} FROM tokens t JOIN principals p ON p.id = t.principal WHERE t.hash = ?1"
+            ))?
+            .query_row([&hash[..]], |r| Ok((principal_row(r)?, token_row(r, 7)?)))
             .optional()?)
         })
         .await
@@ -833,7 +847,7 @@ impl MetaStore for SqliteStore {
 
     async fn dataset(&self, id: &str) -> Result<Dataset> {
         let id = id.to_string();
-        self.read(move |c| get_dataset(c, &id)).await
+        self.read_point(move |c| get_dataset(c, &id)).await
     }
 
     async fn update_dataset(&self, d: Dataset) -> Result<Dataset> {
