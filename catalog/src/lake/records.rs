@@ -31,12 +31,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::compute::CastOptions;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use super::write::conform;
 use super::{Lake, LakeError, delta};
 use crate::model::{ColumnType, Dataset};
 
@@ -421,7 +422,7 @@ fn build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<(), LookupErr
         w.put(&header).map_err(|e| out_err(&e))?;
         let mut directory: Vec<(u64, u64, u32)> = Vec::new();
         for batch in reader {
-            let batch = align(&batch.map_err(|e| err(&e))?, &schema).map_err(|e| err(&e))?;
+            let batch = conform(&batch.map_err(|e| err(&e))?, &schema).map_err(|e| err(&e))?;
             let keys = key_converter
                 .convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?)
                 .map_err(|e| err(&e))?;
@@ -502,7 +503,7 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
             .map_err(|e| err(&e))?;
         let columns = rows_converter.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
         let batch = RecordBatch::try_new(Arc::new(stored), columns).map_err(|e| err(&e))?;
-        let batch = align(&batch, &schema).map_err(|e| err(&e))?;
+        let batch = conform(&batch, &schema).map_err(|e| err(&e))?;
         let found =
             converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
         for (row, (_, k)) in candidates.iter().enumerate() {
@@ -535,19 +536,4 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
 
 fn nullable(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>()))
-}
-
-/// A batch of a data file as the dataset's schema: columns by name, cast to
-/// the current type, null where an older file lacks a column.
-fn align(batch: &RecordBatch, schema: &Schema) -> Result<RecordBatch, arrow::error::ArrowError> {
-    let columns = schema
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => arrow::compute::cast(c, f.data_type()),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(Arc::new(schema.clone()), columns)
 }

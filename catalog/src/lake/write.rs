@@ -75,7 +75,7 @@ pub(super) fn read_staged(path: &Path, columns: &[&str]) -> ReadResult<impl Iter
 
 /// `batch`'s columns shaped as `schema`: by name, cast where the types
 /// differ, nulls for columns the batch does not have.
-pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> ReadResult<RecordBatch> {
+pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, arrow::error::ArrowError> {
     let columns = schema
         .fields()
         .iter()
@@ -86,7 +86,7 @@ pub(super) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> ReadResult<Rec
         })
         .collect::<Result<Vec<_>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
 }
 
 /// The metadata action that widens the table's schema with the columns the
@@ -223,7 +223,7 @@ impl PushWriter {
     /// Writes a batch holding (at least) the dataset's columns; blocks while
     /// the writers are busy. Call from a blocking thread, never the runtime.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
-        let batch = conform(batch, &self.schema).map_err(|e| e.into_lake(&self.id))?;
+        let batch = conform(batch, &self.schema).map_err(|e| ReadError::from(e).into_lake(&self.id))?;
         if self.dealer.send(batch) {
             Ok(())
         } else {
