@@ -1,6 +1,7 @@
 //! The route authoriser: casbin decides whether a role may call a route.
 
 use std::path::Path;
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
@@ -14,7 +15,7 @@ pub const ROUTE_MODEL: &str = include_str!("../route_model.conf");
 pub const ROUTE_POLICY: &str = include_str!("../route_policy.csv");
 
 /// Whose object a request concerns, relative to the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// No department's object (the catalogue list, the caller itself, ...).
     None,
@@ -43,9 +44,11 @@ impl Scope {
     }
 }
 
-/// Decides routes with casbin.
+/// Decides routes with casbin. The route policy does not change while the
+/// server runs, so each (role, route, method, scope) is decided once.
 pub struct RouteAuthorizer {
     enforcer: RwLock<Enforcer>,
+    decided: RwLock<HashMap<(String, String, String, Scope), bool>>,
 }
 
 impl std::fmt::Debug for RouteAuthorizer {
@@ -69,14 +72,26 @@ impl RouteAuthorizer {
     pub async fn from_text(model: &str, policy: &str) -> Result<Self> {
         let model = DefaultModel::from_str(model).await?;
         let enforcer = Enforcer::new(model, StringAdapter::new(policy)).await?;
-        Ok(Self { enforcer: RwLock::new(enforcer) })
+        Ok(Self { enforcer: RwLock::new(enforcer), decided: RwLock::default() })
     }
 
     /// Whether any role of `principal` may call `method route` on an object of `scope`.
     pub fn decide(&self, principal: &Principal, route: &str, method: &str, scope: Scope) -> Result<bool> {
-        let enforcer = self.enforcer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         for role in &principal.roles {
-            if enforcer.enforce((role.as_str(), route, method, scope.as_str()))? {
+            let key = (role.as_str().to_string(), route.to_string(), method.to_string(), scope);
+            let known = self.decided.read().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
+            let allowed = match known {
+                Some(a) => a,
+                None => {
+                    let enforcer = self.enforcer.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let a = enforcer.enforce((role.as_str(), route, method, scope.as_str()))?;
+                    let mut decided = self.decided.write().unwrap_or_else(|p| p.into_inner());
+                    // Routes are templates and roles a closed set: this stays small.
+                    decided.insert(key, a);
+                    a
+                }
+            };
+            if allowed {
                 return Ok(true);
             }
         }
