@@ -1,7 +1,7 @@
 //! The route authoriser: casbin decides whether a role may call a route.
 
-use std::path::Path;
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::RwLock;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
