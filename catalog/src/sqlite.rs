@@ -503,29 +503,26 @@ trait WorkItem: Serialize + serde::de::DeserializeOwned + Send + 'static {
     fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>);
 }
 
-impl WorkItem for SharingRequest {
-    const TABLE: &'static str = "sharing_requests";
-    const KIND: &'static str = "sharing request";
-    const OPEN: &'static str = "pending";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>) {
-        (&self.dataset, &self.provider, &self.department, self.status.to_string(), self.due_at, self.created_at)
-    }
+/// A [`WorkItem`] of a type with the fields `id`, `dataset`, `provider`,
+/// `department`, `status`, `due_at` and `created_at`.
+macro_rules! work_item {
+    ($type:ty, $table:literal, $kind:literal, $open:literal) => {
+        impl WorkItem for $type {
+            const TABLE: &'static str = $table;
+            const KIND: &'static str = $kind;
+            const OPEN: &'static str = $open;
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>) {
+                (&self.dataset, &self.provider, &self.department, self.status.to_string(), self.due_at, self.created_at)
+            }
+        }
+    };
 }
 
-impl WorkItem for Feedback {
-    const TABLE: &'static str = "feedback";
-    const KIND: &'static str = "feedback";
-    const OPEN: &'static str = "open";
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn columns(&self) -> (&str, &str, &str, String, DateTime<Utc>, DateTime<Utc>) {
-        (&self.dataset, &self.provider, &self.department, self.status.to_string(), self.due_at, self.created_at)
-    }
-}
+work_item!(SharingRequest, "sharing_requests", "sharing request", "pending");
+work_item!(Feedback, "feedback", "feedback", "open");
 
 fn work_doc<T: WorkItem>(item: &T) -> Result<String> {
     serde_json::to_string(item).map_err(|e| Error::Corrupt { what: T::KIND, message: e.to_string() })

@@ -81,8 +81,9 @@ fn index_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> LookupError + '_
 pub struct FileKeys {
     sidecar: PathBuf,
     file: File,
-    /// The columns (name, type) the rows were encoded with.
-    columns: Vec<(String, ColumnType)>,
+    /// The schema the rows were encoded with, and their decoder.
+    schema: SchemaRef,
+    rows: RowConverter,
     hashes: Vec<u64>,
     offsets: Vec<u64>,
     lengths: Vec<u32>,
@@ -102,10 +103,6 @@ impl FileKeys {
         let mut buf = vec![0u8; self.lengths[i] as usize];
         self.file.read_exact_at(&mut buf, self.offsets[i])?;
         Ok(buf)
-    }
-
-    fn schema(&self) -> Schema {
-        Schema::new(self.columns.iter().map(|(n, t)| Field::new(n, t.arrow_type(), true)).collect::<Vec<_>>())
     }
 }
 
@@ -185,7 +182,7 @@ impl RecordIndex {
             let keys = match existing {
                 Some(k) => k,
                 None => {
-                    let sidecar = self.folder(dataset).join(format!("{}.keys", path.replace('/', "%")));
+                    let sidecar = self.folder(dataset).join(sidecar_name(&path));
                     let (d, s, ds) = (data.clone(), sidecar, dataset.clone());
                     let keys = tokio::task::spawn_blocking(move || load_or_build(&ds, &d, &s))
                         .await
@@ -235,8 +232,8 @@ impl RecordIndex {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             }
-            let Some(data) = name.strip_suffix(".keys") else { continue };
-            if !table_dir.join(data.replace('%', "/")).exists() {
+            let Some(data) = data_path_of(&name) else { continue };
+            if !table_dir.join(data).exists() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -264,6 +261,16 @@ impl RecordIndex {
             .await
             .map_err(|e| LookupError::Index { path: PathBuf::new(), message: e.to_string() })?
     }
+}
+
+/// The sidecar's file name of a data file (its path in the table, flattened).
+fn sidecar_name(data: &str) -> String {
+    format!("{}.keys", data.replace('/', "%"))
+}
+
+/// The data file's path in the table of a sidecar's file name.
+fn data_path_of(sidecar: &str) -> Option<String> {
+    sidecar.strip_suffix(".keys").map(|d| d.replace('%', "/"))
 }
 
 /// The key columns of a dataset as Arrow sort fields.
@@ -387,7 +394,12 @@ fn read_sidecar(path: &Path) -> Option<FileKeys> {
     if !hashes.is_sorted() {
         return None;
     }
-    Some(FileKeys { sidecar: path.to_path_buf(), file, columns: header.columns, hashes, offsets, lengths })
+    let schema = Arc::new(Schema::new(
+        header.columns.iter().map(|(n, t)| Field::new(n, t.arrow_type(), true)).collect::<Vec<_>>(),
+    ));
+    let rows =
+        RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect()).ok()?;
+    Some(FileKeys { sidecar: path.to_path_buf(), file, schema, rows, hashes, offsets, lengths })
 }
 
 /// Writes the sidecar of a data file: every row in Arrow's row format, then
@@ -491,18 +503,14 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
             continue;
         }
         let err = index_err(&file.sidecar);
-        let stored = file.schema();
-        let rows_converter =
-            RowConverter::new(stored.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
-                .map_err(|e| err(&e))?;
-        let parser = rows_converter.parser();
+        let parser = file.rows.parser();
         let bytes = candidates
             .iter()
             .map(|(i, _)| file.row_bytes(*i))
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| err(&e))?;
-        let columns = rows_converter.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
-        let batch = RecordBatch::try_new(Arc::new(stored), columns).map_err(|e| err(&e))?;
+        let columns = file.rows.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
+        let batch = RecordBatch::try_new(file.schema.clone(), columns).map_err(|e| err(&e))?;
         let batch = conform(&batch, &schema).map_err(|e| err(&e))?;
         let found =
             converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;

@@ -39,6 +39,8 @@ pub struct Governance {
     outputs: Vec<(usize, Mask)>,
     schema: SchemaRef,
     keys_in_clear: bool,
+    /// The key of the `hash` mask.
+    key: HashKey,
 }
 
 /// Compiled lookup governance per (principal, dataset), valid while the access plan it came from is.
@@ -67,7 +69,9 @@ impl LookupPlans {
             return Ok(g.clone());
         }
         let reader = super::query::reader(state, &caller.principal).await?;
-        let g = Arc::new(compile(dataset, plan, &reader).map_err(|e| ApiError::internal(&e))?);
+        let g = Arc::new(
+            compile(dataset, plan, &reader, HashKey::new(state.secret.key())).map_err(|e| ApiError::internal(&e))?,
+        );
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 100_000 {
             cache.clear();
@@ -81,6 +85,7 @@ fn compile(
     dataset: &Dataset,
     plan: &AccessPlan,
     reader: &gdx_policies::filter::Reader,
+    key: HashKey,
 ) -> datafusion::error::Result<Governance> {
     let schema = Schema::new(
         dataset.arrow_schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
@@ -100,7 +105,7 @@ fn compile(
         fields.push(Field::new(&c.name, c.mask.output_type(schema.field(i).data_type()), true));
     }
     let keys_in_clear = dataset.primary_key.iter().all(|k| plan.mask_of(k) == Some(Mask::None));
-    Ok(Governance { filter, outputs, schema: Arc::new(Schema::new(fields)), keys_in_clear })
+    Ok(Governance { filter, outputs, schema: Arc::new(Schema::new(fields)), keys_in_clear, key })
 }
 
 /// What a lookup reads: the dataset, the version, and how the caller sees it.
@@ -179,26 +184,38 @@ fn lookup_error(e: LookupError) -> ApiError {
 /// The rows of `keys` as the caller sees them: per key, its record (or none:
 /// missing or outside the row filter).
 async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResult<Vec<Option<Value>>> {
-    let Some((_, delta)) = t.version else {
+    let n = keys.len();
+    if t.version.is_none() {
+        // Nothing pushed yet: every key is missing, once it is of the right type.
         gdx_catalog::lake::records::parse_keys(&t.dataset, &keys).map_err(lookup_error)?;
-        return Ok(vec![None; keys.len()]);
-    };
-    let found = state.records.get(&state.lake, &t.dataset, delta, keys).await.map_err(lookup_error)?;
-    let visible = visible_rows(&t.governance, &found.rows)?;
-    let key = HashKey::new(state.secret.key());
-    let shown = crate::query::govern(found.rows.clone(), None, &t.governance.outputs, &t.governance.schema, &key)
-        .map_err(|e| ApiError::internal(&e))?;
+    }
+    let Some((rows, index)) = in_clear(state, t, keys).await? else { return Ok(vec![None; n]) };
+    let g = &t.governance;
+    let shown = crate::query::govern(rows, None, &g.outputs, &g.schema, &g.key).map_err(|e| ApiError::internal(&e))?;
     let rows = super::query::json_rows(&shown).map_err(|e| ApiError::internal(&e))?;
-    let names: Vec<&str> = t.governance.schema.fields().iter().map(|f| f.name().as_str()).collect();
-    Ok(found
-        .index
+    let names: Vec<&str> = g.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    Ok(index
         .iter()
         .map(|i| {
-            i.filter(|i| visible[*i]).map(|i| {
+            i.map(|i| {
                 Value::Object(names.iter().zip(rows[i].iter()).map(|(n, v)| (n.to_string(), v.clone())).collect())
             })
         })
         .collect())
+}
+
+/// The rows of `keys` in clear and, per key, its row among them when it
+/// exists within the caller's row filter; `None` before the first version.
+async fn in_clear(
+    state: &AppState,
+    t: &Target,
+    keys: Vec<Vec<String>>,
+) -> ApiResult<Option<(RecordBatch, Vec<Option<usize>>)>> {
+    let Some((_, delta)) = t.version else { return Ok(None) };
+    let found = state.records.get(&state.lake, &t.dataset, delta, keys).await.map_err(lookup_error)?;
+    let visible = visible_rows(&t.governance, &found.rows)?;
+    let index = found.index.iter().map(|i| i.filter(|i| visible[*i])).collect();
+    Ok(Some((found.rows, index)))
 }
 
 /// Which rows the caller's row filter lets through.
@@ -434,18 +451,16 @@ pub async fn verify(
         asked.push((name.clone(), text));
     }
     let mut matches: BTreeMap<String, bool> = asked.iter().map(|(n, _)| (n.clone(), false)).collect();
-    let Some((_, delta)) = t.version else {
+    let Some((rows, index)) = in_clear(&state, &t, vec![values]).await? else {
         return Ok(axum::Json(VerifyAnswer { found: false, matches }));
     };
-    let found = state.records.get(&state.lake, &t.dataset, delta, vec![values]).await.map_err(lookup_error)?;
-    let visible = visible_rows(&t.governance, &found.rows)?;
-    let Some(row) = found.index[0].filter(|i| visible[*i]) else {
+    let Some(row) = index[0] else {
         caller.audit.note(|n| n.rows = Some(0));
         return Ok(axum::Json(VerifyAnswer { found: false, matches }));
     };
     let options = arrow::util::display::FormatOptions::default();
     for (name, text) in &asked {
-        let column = found.rows.column_by_name(name).ok_or_else(|| ApiError::internal(&"verified column"))?;
+        let column = rows.column_by_name(name).ok_or_else(|| ApiError::internal(&"verified column"))?;
         let stored = if column.is_null(row) {
             None
         } else {

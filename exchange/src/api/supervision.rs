@@ -19,16 +19,9 @@ pub async fn oversight(state: &AppState, caller: &Caller) -> ApiResult<Option<BT
     if state.config.supervisor_departments.contains(&own) {
         return Ok(None);
     }
-    let mut parents: Vec<(String, Option<String>)> = Vec::new();
-    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
-    loop {
-        let p = state.catalog.store().list_departments(page.clone()).await?;
-        parents.extend(p.items.into_iter().map(|d| (d.id, d.parent)));
-        match p.next_page_token {
-            Some(token) => page.token = Some(token),
-            None => break,
-        }
-    }
+    let store = state.catalog.store();
+    let parents: Vec<(String, Option<String>)> =
+        every_page(|page| store.list_departments(page)).await?.into_iter().map(|d| (d.id, d.parent)).collect();
     // Own department, then every department whose parent is already in (to any depth).
     let mut scope = BTreeSet::from([own]);
     loop {
@@ -40,6 +33,24 @@ pub async fn oversight(state: &AppState, caller: &Caller) -> ApiResult<Option<BT
         }
         if scope.len() == before {
             return Ok(Some(scope));
+        }
+    }
+}
+
+/// Every item of a paged list, page after page.
+async fn every_page<T, F, Fut>(mut fetch: F) -> ApiResult<Vec<T>>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = gdx_catalog::Result<gdx_catalog::Page<T>>>,
+{
+    let mut items = Vec::new();
+    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
+    loop {
+        let p = fetch(page.clone()).await?;
+        items.extend(p.items);
+        match p.next_page_token {
+            Some(token) => page.token = Some(token),
+            None => return Ok(items),
         }
     }
 }
@@ -75,26 +86,19 @@ pub async fn overdue(
         scope.as_ref().is_none_or(|s| s.contains(provider) || s.contains(department))
     };
     let query = WorkQuery { overdue_at: Some(at), ..WorkQuery::default() };
-    let mut requests = Vec::new();
-    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
-    loop {
-        let p = state.catalog.store().list_requests(query.clone(), page.clone()).await?;
-        requests.extend(p.items.into_iter().filter(|r| seen(&r.provider, &r.department)).map(|r| r.with_overdue(at)));
-        match p.next_page_token {
-            Some(token) => page.token = Some(token),
-            None => break,
-        }
-    }
-    let mut feedback = Vec::new();
-    let mut page = PageRequest::first(PageRequest::MAX_LIMIT);
-    loop {
-        let p = state.catalog.store().list_feedback(query.clone(), page.clone()).await?;
-        feedback.extend(p.items.into_iter().filter(|f| seen(&f.provider, &f.department)).map(|f| f.with_overdue(at)));
-        match p.next_page_token {
-            Some(token) => page.token = Some(token),
-            None => break,
-        }
-    }
+    let store = state.catalog.store();
+    let mut requests: Vec<SharingRequest> = every_page(|page| store.list_requests(query.clone(), page))
+        .await?
+        .into_iter()
+        .filter(|r| seen(&r.provider, &r.department))
+        .map(|r| r.with_overdue(at))
+        .collect();
+    let mut feedback: Vec<Feedback> = every_page(|page| store.list_feedback(query.clone(), page))
+        .await?
+        .into_iter()
+        .filter(|f| seen(&f.provider, &f.department))
+        .map(|f| f.with_overdue(at))
+        .collect();
     requests.sort_by_key(|r| r.due_at);
     feedback.sort_by_key(|f| f.due_at);
     Ok(axum::Json(Overdue { requests, feedback }))
