@@ -12,10 +12,10 @@
 //! leaves a checkpoint past the last record. [`verify_file`] (and
 //! [`AuditLog::verify`]) recompute all of it and name the first broken record.
 //!
-//! The index tables (`audit_index`, `audit_refs`) are derived from the
-//! records for filtering ([`AuditLog::list`], [`AuditLog::usage`]); they are
-//! not covered by the hash, but the verifier checks that they agree with the
-//! records. [`AuditLog::table`] is the `gdx.audit` table auditors query with
+//! The index tables (`audit_index`, `audit_refs`, and the subject index in
+//! a file of its own, [`subjects`]) are derived from the records for
+//! filtering ([`AuditLog::list`], [`AuditLog::usage`]); they are not covered
+//! by the hash, but the verifier checks that they agree with the records. [`AuditLog::table`] is the `gdx.audit` table auditors query with
 //! SQL; it streams the log page by page.
 //!
 //! Writing fails closed: when a batch cannot be committed, every caller of
@@ -25,6 +25,7 @@
 mod error;
 mod read;
 mod schema;
+mod subjects;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -198,6 +199,7 @@ struct Inner {
     path: PathBuf,
     sender: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     keys: Arc<Keys>,
     reader: Arc<read::Reader>,
 }
@@ -213,18 +215,27 @@ impl AuditLog {
     #[tracing::instrument(skip_all, fields(path = %path.display()))]
     pub fn open(path: &Path, secret: &PlatformSecret) -> Result<AuditLog, AuditError> {
         let conn = schema::open_writer(path)?;
+        let index = subjects::open_writer(path)?;
         let keys = Arc::new(Keys::derive(secret));
+        let spawn_error = |e: std::io::Error| AuditError::Open { path: path.to_path_buf(), reason: e.to_string() };
+        let (committed, handed_over) = mpsc::channel();
+        let indexer = subjects::Indexer::new(index, path.to_path_buf());
+        let indexer = std::thread::Builder::new()
+            .name("gdx-audit-subjects".into())
+            .spawn(move || indexer.run(handed_over))
+            .map_err(spawn_error)?;
         let (sender, receiver) = mpsc::channel();
-        let writer = writer::Writer::new(conn, path.to_path_buf(), keys.clone());
+        let writer = writer::Writer::new(conn, path.to_path_buf(), keys.clone(), committed);
         let handle = std::thread::Builder::new()
             .name("gdx-audit-writer".into())
             .spawn(move || writer.run(receiver))
-            .map_err(|e| AuditError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(spawn_error)?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 sender: RwLock::new(Some(sender)),
                 writer: Mutex::new(Some(handle)),
+                indexer: Mutex::new(Some(indexer)),
                 keys,
                 reader: Arc::new(read::Reader::new(path.to_path_buf())),
             }),
@@ -333,11 +344,15 @@ impl Inner {
     fn close(&self) {
         // Dropping the sender ends the writer's loop once the queue is drained.
         drop(self.sender.write().unwrap_or_else(|e| e.into_inner()).take());
-        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "the audit writer panicked");
+        // The writer's end of the indexer's queue goes with it: the indexer
+        // then writes what it holds and stops.
+        for (thread, name) in [(&self.writer, "writer"), (&self.indexer, "subject indexer")] {
+            let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(handle) = handle
+                && handle.join().is_err()
+            {
+                tracing::error!(path = %self.path.display(), "the audit {name} panicked");
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{AuditError, READ_ACTIONS, Record, format_time, schema};
+use super::{AuditError, READ_ACTIONS, Record, format_time, schema, subjects};
 
 /// Idle read connections kept for reuse.
 const POOL: usize = 4;
@@ -117,23 +117,61 @@ fn time_window(sql: &mut Sql, seq: &str, from: Option<&DateTime<Utc>>, to: Optio
     conds
 }
 
+/// The seqs of the records naming `subject`: from the subject index up to
+/// its mark, and by the records' JSON after it (or throughout, when the
+/// index is not `indexed`, attached).
+fn subject_seqs(sql: &mut Sql, subject: &str, indexed: bool) -> String {
+    let s = subjects::SCHEMA_NAME;
+    let mut text = String::new();
+    let after = if indexed {
+        let value = sql.bind(subject.to_string());
+        text.push_str(&format!(
+            "SELECT r.seq FROM {s}.subject_refs r WHERE r.value = {value} \
+             AND r.seq <= (SELECT seq FROM {s}.subject_mark) UNION ALL "
+        ));
+        format!("(SELECT seq FROM {s}.subject_mark)")
+    } else {
+        "0".to_string()
+    };
+    let value = sql.bind(subject.to_string());
+    text.push_str(&format!(
+        "SELECT t.seq FROM audit_log t WHERE t.seq > {after} \
+         AND EXISTS (SELECT 1 FROM json_each(t.record, '$.subjects') j WHERE j.value = {value})"
+    ));
+    text
+}
+
 /// The records matching `filter` in `scope` with `after < seq <= upto`, by
-/// seq, at most `limit`: `SELECT seq, record`.
-pub(super) fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: Option<u64>, limit: usize) -> Sql {
+/// seq, at most `limit`: `SELECT seq, record`. `indexed`: whether the
+/// subject index is attached.
+pub(super) fn select_records(
+    filter: &Filter,
+    scope: &Scope,
+    after: u64,
+    upto: Option<u64>,
+    limit: usize,
+    indexed: bool,
+) -> Sql {
     let mut sql = Sql::default();
     let mut conds: Vec<String> = Vec::new();
-    // Drive the scan from the most selective index: a dataset's or subject's
+    // Drive the scan from the most selective index: a subject's or dataset's
     // references are in seq order, so a page costs its own size.
-    let (from, seq) = if let Some(d) = &filter.dataset {
+    let (from, seq) = if let Some(s) = &filter.subject {
+        let seqs = subject_seqs(&mut sql, s, indexed);
+        if let Some(d) = &filter.dataset {
+            conds.push(format!(
+                "EXISTS (SELECT 1 FROM audit_refs r WHERE r.kind = 'dataset' AND r.value = {} AND r.seq = d.seq)",
+                sql.bind(d.clone())
+            ));
+        }
+        (format!("({seqs}) d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq"), "d.seq")
+    } else if let Some(d) = &filter.dataset {
         conds.push(format!("d.kind = 'dataset' AND d.value = {}", sql.bind(d.clone())));
-        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq", "d.seq")
-    } else if let Some(s) = &filter.subject {
-        conds.push(format!("d.kind = 'subject' AND d.value = {}", sql.bind(s.clone())));
-        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq", "d.seq")
+        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq".to_string(), "d.seq")
     } else if filter == &Filter::default() && scope == &Scope::All {
-        ("audit_log l", "l.seq")
+        ("audit_log l".to_string(), "l.seq")
     } else {
-        ("audit_index i JOIN audit_log l ON l.seq = i.seq", "i.seq")
+        ("audit_index i JOIN audit_log l ON l.seq = i.seq".to_string(), "i.seq")
     };
     conds.push(format!("{seq} > {}", sql.bind(after as i64)));
     if let Some(upto) = upto {
@@ -145,12 +183,6 @@ pub(super) fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: O
         if let Some(v) = value {
             conds.push(format!("i.{column} = {}", sql.bind(v.clone())));
         }
-    }
-    if let (Some(s), Some(_)) = (&filter.subject, &filter.dataset) {
-        conds.push(format!(
-            "EXISTS (SELECT 1 FROM audit_refs s WHERE s.kind = 'subject' AND s.value = {} AND s.seq = {seq})",
-            sql.bind(s.clone())
-        ));
     }
     conds.extend(time_window(&mut sql, seq, filter.from.as_ref(), filter.to.as_ref()));
     if let Scope::Departments(set) = scope {
@@ -228,8 +260,10 @@ impl Reader {
         limit: usize,
         after: Option<u64>,
     ) -> Result<Vec<Record>, AuditError> {
-        let sql = select_records(filter, scope, after.unwrap_or(0), None, limit);
-        self.with(|conn| Ok(self.records(conn, &sql)?.into_iter().map(|(_, r)| r).collect()))
+        self.with(|conn| {
+            let sql = select_records(filter, scope, after.unwrap_or(0), None, limit, subjects::attached(conn));
+            Ok(self.records(conn, &sql)?.into_iter().map(|(_, r)| r).collect())
+        })
     }
 
     pub(super) fn usage(

@@ -2,9 +2,11 @@
 //!
 //! `audit_log` holds the chain (its layout is documented in the API notes).
 //! `audit_index` and `audit_refs` are derived from the records, one row per
-//! record and one per (kind, value) a record names, to filter without
+//! record and one per dataset and provider a record names, to filter without
 //! decoding JSON. `audit_checkpoints` holds one signed checkpoint of the head
-//! per committed batch. `PRAGMA user_version` is the schema version.
+//! per committed batch. `PRAGMA user_version` is the schema version. The
+//! subjects a record names are indexed in a file of their own
+//! ([`super::subjects`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +16,13 @@ use rusqlite::{Connection, OpenFlags};
 use super::AuditError;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
+
+/// WAL pages after which the writer itself checkpoints the log, a safety
+/// net: the subject indexer checkpoints it behind the writer
+/// ([`super::subjects`]), so that commits do not wait for the copy into the
+/// database file and its fsync.
+pub const WRITER_AUTOCHECKPOINT: i64 = 16384;
 
 /// How long a statement waits for a lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +63,13 @@ CREATE TABLE audit_checkpoints (
 PRAGMA user_version = 1;
 ";
 
+/// Version 2: subjects are indexed in their own file (rebuilt from the
+/// records at start), no longer in `audit_refs`.
+const SCHEMA_V2: &str = "
+DELETE FROM audit_refs WHERE kind = 'subject';
+PRAGMA user_version = 2;
+";
+
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
     move |e| AuditError::Open { path: path.to_path_buf(), reason: e.to_string() }
 }
@@ -71,30 +86,47 @@ pub fn open_writer(path: &Path) -> Result<Connection, AuditError> {
     }
     conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
     conn.pragma_update(None, "foreign_keys", "OFF").map_err(&err)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT).map_err(&err)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(&err)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
-    match version {
-        0 => tx.execute_batch(SCHEMA_V1).map_err(&err)?,
-        VERSION => {}
-        found => return Err(AuditError::Schema { path: path.to_path_buf(), found, known: VERSION }),
+    if version > VERSION {
+        return Err(AuditError::Schema { path: path.to_path_buf(), found: version, known: VERSION });
+    }
+    for (from, migration) in [SCHEMA_V1, SCHEMA_V2].into_iter().enumerate() {
+        if version <= from as i64 {
+            tx.execute_batch(migration).map_err(&err)?;
+        }
     }
     tx.commit().map_err(&err)?;
     Ok(conn)
 }
 
-/// A read-only connection to an existing audit log; never creates the file.
+/// A read-only connection to an existing audit log with its subject index
+/// attached when there is one ([`super::subjects::attach`]); never creates a
+/// file.
 pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
+    let conn = open_log_reader(path)?;
+    super::subjects::attach(&conn, path)?;
+    Ok(conn)
+}
+
+/// A read-only connection to an existing audit log alone.
+pub fn open_log_reader(path: &Path) -> Result<Connection, AuditError> {
     if !path.is_file() {
         return Err(AuditError::NotFound { path: path.to_path_buf() });
     }
     let err = open_error(path);
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(&err)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(&err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
     match version {
         VERSION => Ok(conn),
         0 => Err(AuditError::Open { path: path.to_path_buf(), reason: "the file is not an audit log".into() }),
+        found if found < VERSION => Err(AuditError::Open {
+            path: path.to_path_buf(),
+            reason: format!("the audit log has the older schema version {found}; `gdx serve` upgrades it"),
+        }),
         found => Err(AuditError::Schema { path: path.to_path_buf(), found, known: VERSION }),
     }
 }
@@ -123,16 +155,13 @@ impl IndexRow {
     }
 }
 
-/// The `audit_refs` rows of a record, as (kind, value): each dataset, each
-/// provider department of a dataset, each subject hash.
+/// The `audit_refs` rows of a record, as (kind, value): each dataset and
+/// each provider department of a dataset.
 pub fn refs_of(record: &super::Record) -> std::collections::BTreeSet<(&'static str, String)> {
     let mut refs = std::collections::BTreeSet::new();
     for d in &record.datasets {
         refs.insert(("dataset", d.clone()));
         refs.insert(("provider", super::provider_of(d).to_string()));
-    }
-    for s in &record.subjects {
-        refs.insert(("subject", s.clone()));
     }
     refs
 }

@@ -713,3 +713,160 @@ async fn the_table_streams_in_pages() {
     let report = log.verify(None).await;
     assert!(report.ok && report.records == n, "{report:?}");
 }
+
+/// Appends `n` lookups, record `i` naming the subjects `k{i}` and `k{i+1}`.
+async fn lookups(log: &AuditLog, n: u64) {
+    for i in 0..n {
+        let mut r = record("batch_lookup", "svc", "renshe", &["gongan.population"]);
+        r.subjects = vec![log.subject_hash(&format!("k{i}")), log.subject_hash(&format!("k{}", i + 1))];
+        log.append(r).await.unwrap();
+    }
+}
+
+fn subjects_db(f: &Fixture) -> Connection {
+    rw(&subjects::path_of(&f.path))
+}
+
+fn index_rows(f: &Fixture) -> Vec<(String, u64)> {
+    subjects_db(f)
+        .prepare("SELECT value, seq FROM subject_refs ORDER BY seq, value")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn index_mark(f: &Fixture) -> u64 {
+    subjects_db(f).query_row("SELECT seq FROM subject_mark", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn the_subject_index_covers_the_log_at_close() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 5).await;
+    append_n(&log, 2).await;
+    let k3 = log.subject_hash("k3");
+    log.close();
+    assert_eq!(subjects::path_of(&f.path), f.path.with_file_name("audit-subjects.db"));
+    assert_eq!(index_mark(&f), 7);
+    let rows = index_rows(&f);
+    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.iter().filter(|(v, _)| *v == k3).map(|(_, s)| *s).collect::<Vec<_>>(), vec![3, 4]);
+    // Nothing of the subjects is left in the log's own index.
+    let in_refs: u64 =
+        rw(&f.path).query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
+    assert_eq!(in_refs, 0);
+    assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn readers_find_subjects_past_the_mark_and_without_the_index() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 6).await;
+    let (k3, k6) = (log.subject_hash("k3"), log.subject_hash("k6"));
+    log.close();
+    let reader = read::Reader::new(f.path.clone());
+    let by = |subject: &str, dataset: Option<&str>| {
+        let filter =
+            Filter { subject: Some(subject.into()), dataset: dataset.map(str::to_string), ..Filter::default() };
+        seqs(&reader.list(&filter, &Scope::All, 100, None).unwrap())
+    };
+    assert_eq!((by(&k3, None), by(&k6, None)), (vec![3, 4], vec![6]));
+    // The index as it would be while the indexer is behind: covering records 1 to 3.
+    let index = subjects_db(&f);
+    index.execute("DELETE FROM subject_refs WHERE seq > 3", []).unwrap();
+    index.execute("UPDATE subject_mark SET seq = 3", []).unwrap();
+    assert_eq!((by(&k3, None), by(&k6, None)), (vec![3, 4], vec![6]));
+    assert_eq!(by(&k3, Some("gongan.population")), vec![3, 4]);
+    assert_eq!(by(&k3, Some("shebao.pensions")), Vec::<u64>::new());
+    // The tail is not taken from the index: a row past the mark does not count.
+    index.execute("INSERT INTO subject_refs VALUES (?1, 5)", [&k3]).unwrap();
+    assert_eq!(by(&k3, None), vec![3, 4]);
+    // Without an index file at all, the records' JSON answers.
+    drop(index);
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
+    let reader = read::Reader::new(f.path.clone());
+    let filter = Filter { subject: Some(k3.clone()), ..Filter::default() };
+    assert_eq!(seqs(&reader.list(&filter, &Scope::All, 100, None).unwrap()), vec![3, 4]);
+    assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn the_subject_index_catches_up_and_is_rebuilt_for_another_log() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 4).await;
+    log.close();
+    let complete = index_rows(&f);
+    // Lost flushes: the mark and rows of the last records are gone.
+    let index = subjects_db(&f);
+    index.execute("DELETE FROM subject_refs WHERE seq > 1", []).unwrap();
+    let hash1: String = rw(&f.path).query_row("SELECT hash FROM audit_log WHERE seq = 1", [], |r| r.get(0)).unwrap();
+    index.execute("UPDATE subject_mark SET seq = 1, hash = ?1", [&hash1]).unwrap();
+    drop(index);
+    AuditLog::open(&f.path, &f.secret).unwrap().close();
+    assert_eq!((index_rows(&f), index_mark(&f)), (complete.clone(), 4));
+    // An index whose mark is not this log's is emptied and rebuilt.
+    let index = subjects_db(&f);
+    index.execute("INSERT INTO subject_refs VALUES ('stray', 2)", []).unwrap();
+    index.execute("UPDATE subject_mark SET hash = 'not this log'", []).unwrap();
+    drop(index);
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 1).await;
+    log.close();
+    let rows = index_rows(&f);
+    assert_eq!(rows.len(), complete.len() + 2);
+    assert!(rows.iter().all(|(v, _)| v != "stray"));
+    assert_eq!(index_mark(&f), 5);
+    // A deleted index is rebuilt too.
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
+    AuditLog::open(&f.path, &f.secret).unwrap().close();
+    assert_eq!(index_rows(&f), rows);
+}
+
+#[tokio::test]
+async fn verify_checks_the_subject_index_up_to_its_mark() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 5).await;
+    let k2 = log.subject_hash("k2");
+    log.close();
+    let index = subjects_db(&f);
+    index.execute("DELETE FROM subject_refs WHERE value = ?1 AND seq = 2", [&k2]).unwrap();
+    assert_broken(&verify(&f, None), 2, "index row of record 2 disagrees");
+    index.execute("INSERT INTO subject_refs VALUES (?1, 2)", [&k2]).unwrap();
+    assert!(verify(&f, None).ok);
+    index.execute("INSERT INTO subject_refs VALUES (?1, 4)", [&k2]).unwrap();
+    assert_broken(&verify(&f, None), 4, "index row of record 4 disagrees");
+    // Past the mark the index is not consulted, so not checked.
+    index.execute("UPDATE subject_mark SET seq = 3", []).unwrap();
+    assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn a_log_of_schema_1_is_upgraded() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 3).await;
+    let k1 = log.subject_hash("k1");
+    log.close();
+    // As version 1 kept them: subjects in audit_refs, no index file.
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
+    let conn = rw(&f.path);
+    conn.execute("INSERT INTO audit_refs VALUES ('subject', ?1, 1)", [&k1]).unwrap();
+    conn.execute_batch("PRAGMA user_version = 1").unwrap();
+    let err = verify_file(&f.path, &f.secret, None).unwrap_err();
+    assert!(err.to_string().contains("older schema version 1"), "{err}");
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    let filter = Filter { subject: Some(k1), ..Filter::default() };
+    assert_eq!(seqs(&log.list(&filter, &Scope::All, 10, None).await.unwrap()), vec![1, 2]);
+    log.close();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let in_refs: u64 =
+        conn.query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
+    assert_eq!((version, in_refs), (2, 0));
+    assert!(verify(&f, None).ok);
+}

@@ -5,7 +5,8 @@
 //! checkpoint of the new head in one transaction: one fsync for the whole
 //! batch. Only then are the callers answered. When the transaction fails it
 //! is rolled back, every caller of the batch gets the error, and the head is
-//! read again from the database before the next batch.
+//! read again from the database before the next batch. The subjects of a
+//! committed batch are handed to the subject indexer ([`super::subjects`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
@@ -14,6 +15,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::schema::{IndexRow, refs_of};
+use super::subjects::Committed;
 use super::{AuditError, GENESIS, Job, Keys, Record, chain_hash, format_time};
 
 /// The most records committed in one transaction.
@@ -31,11 +33,29 @@ pub(super) struct Writer {
     conn: Connection,
     path: PathBuf,
     keys: Arc<Keys>,
+    /// Where committed subjects go; `None` once the indexer has stopped.
+    subjects: Option<mpsc::Sender<Committed>>,
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, path: PathBuf, keys: Arc<Keys>) -> Self {
-        Self { conn, path, keys }
+    pub(super) fn new(conn: Connection, path: PathBuf, keys: Arc<Keys>, subjects: mpsc::Sender<Committed>) -> Self {
+        Self { conn, path, keys, subjects: Some(subjects) }
+    }
+
+    /// Hands the subjects of a committed batch to the indexer (the records
+    /// are not needed any more once their callers are answered).
+    fn hand_over(&mut self, head: &Head, batch: &mut [Job]) {
+        let Some(sender) = &self.subjects else { return };
+        let refs = batch
+            .iter_mut()
+            .filter(|job| !job.record.subjects.is_empty())
+            .map(|job| (job.record.seq, std::mem::take(&mut job.record.subjects)))
+            .collect();
+        if sender.send(Committed { through: head.seq, hash: head.hash.clone(), refs }).is_err() {
+            // Readers search the records after the index's mark, so nothing is missed.
+            tracing::error!(path = %self.path.display(), "the audit subject indexer has stopped");
+            self.subjects = None;
+        }
     }
 
     /// Runs until every sender is gone and the queue is empty.
@@ -57,6 +77,7 @@ impl Writer {
             .and_then(|h| self.commit(h, &mut batch));
             match result {
                 Ok(new_head) => {
+                    self.hand_over(&new_head, &mut batch);
                     for job in batch.drain(..) {
                         if let Some(reply) = job.reply {
                             // A caller that stopped waiting still has its record written.
