@@ -17,6 +17,7 @@ pub mod query;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod webhook;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -1,6 +1,6 @@
 //! `gdx`: run the GDX server, administer it, and use it from the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -81,6 +81,9 @@ enum Command {
     /// The audit trail: list records (auditors), verify the hash chain (offline with --data-dir).
     #[command(subcommand)]
     Audit(gdx_exchange::cli::audit::AuditCmd),
+    /// Webhooks as GDX sends them: check a received request's signature (for receivers).
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
     /// Run one governed SQL query over what the token may read.
     Sql {
         /// The query, e.g. `SELECT county_code, count(*) FROM gongan.population GROUP BY 1`.
@@ -309,6 +312,31 @@ enum SqlFormat {
     Csv,
     /// An Arrow IPC stream.
     Arrow,
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCmd {
+    /// Check the Standard Webhooks signature of a received request; exits 0
+    /// when it is valid and recent, 1 otherwise.
+    Verify {
+        /// The rule's webhook secret (`whsec_<base64>` or plain text).
+        #[arg(long, env = "GDX_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `webhook-id` header.
+        #[arg(long)]
+        id: String,
+        /// The `webhook-timestamp` header (Unix seconds).
+        #[arg(long)]
+        timestamp: String,
+        /// The `webhook-signature` header (one or more `v1,<base64>`).
+        #[arg(long)]
+        signature: String,
+        /// The request body exactly as received (standard input when absent or `-`).
+        body: Option<PathBuf>,
+        /// How far the timestamp may be from now, in seconds.
+        #[arg(long, default_value_t = 300)]
+        tolerance_secs: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -566,6 +594,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { dataset, key, fields } => {
             if !gdx_exchange::cli::records::verify(&client()?, &dataset, &key, &fields, json).await? {
                 anyhow::bail!("the record does not match");
+            }
+        }
+        Command::Webhook(WebhookCmd::Verify { secret, id, timestamp, signature, body, tolerance_secs }) => {
+            use gdx_exchange::webhook;
+            let body = match body.as_deref() {
+                Some(path) if path != Path::new("-") => {
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+                }
+                _ => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading standard input")?;
+                    buf
+                }
+            };
+            let secret = webhook::Secret::parse(&secret)?;
+            let now = chrono::Utc::now().timestamp();
+            let tolerance = std::time::Duration::from_secs(tolerance_secs);
+            match webhook::verify(&secret, &id, &timestamp, &body, &signature, now, tolerance) {
+                Ok(()) if json => print_object(&json!({"valid": true}), true),
+                Ok(()) => gdx_exchange::out!("signature valid"),
+                Err(e) => anyhow::bail!("{e}"),
             }
         }
         Command::Audit(cmd) => {

@@ -307,3 +307,48 @@ async fn cli_administers_and_searches_the_catalogue() {
     let r = gdx(&url, None, &args).await;
     assert!(r.code != 0 && r.stderr.contains("BROKEN at record 3"), "{} {}", r.stdout, r.stderr);
 }
+
+#[tokio::test]
+async fn cli_verifies_webhook_signatures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, br#"{"id":"evt_1","rule":"r1","subject":"s","message":"hi"}"#).expect("body");
+    let secret = "whsec_c2VjcmV0LWZvci10ZXN0cw==";
+    let now = chrono::Utc::now().timestamp().to_string();
+    let signature = gdx_exchange::webhook::Secret::parse(secret).expect("secret").sign(
+        "evt_1",
+        now.parse().expect("seconds"),
+        &std::fs::read(&body).expect("read"),
+    );
+    let path = body.to_str().expect("utf-8 path");
+    let args = |sig: &str, ts: &str| -> Vec<String> {
+        ["webhook", "verify", "--secret", secret, "--id", "evt_1", "--timestamp", ts, "--signature", sig, path]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |a: Vec<String>| async move {
+        gdx("http://127.0.0.1:9", None, &a.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    let ok = run(args(&signature, &now)).await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("signature valid"), "{}", ok.stdout);
+    // A changed body, a forged signature, an old timestamp: non-zero, with the reason.
+    std::fs::write(&body, br#"{"id":"evt_1","rule":"r1","subject":"other","message":"hi"}"#).expect("body");
+    let changed = run(args(&signature, &now)).await;
+    assert_ne!(changed.code, 0);
+    assert!(changed.stderr.contains("no signature matches"), "{}", changed.stderr);
+    // A valid signature of an hour ago.
+    let old = chrono::Utc::now().timestamp() - 3600;
+    let old_signature = gdx_exchange::webhook::Secret::parse(secret).expect("secret").sign(
+        "evt_1",
+        old,
+        &std::fs::read(&body).expect("read"),
+    );
+    let stale = run(args(&old_signature, &old.to_string())).await;
+    assert_ne!(stale.code, 0);
+    assert!(stale.stderr.contains("more than the tolerance"), "{}", stale.stderr);
+    let none = run(args("sha256=abc", &now)).await;
+    assert_ne!(none.code, 0);
+    assert!(none.stderr.contains("no v1 signature"), "{}", none.stderr);
+}
