@@ -175,6 +175,45 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Datasets by id, and credentials by token hash, as last read.
+    datasets: PointCache<String, Dataset>,
+    credentials: PointCache<TokenHash, (Principal, TokenInfo)>,
+}
+
+/// The results of point reads, each valid while the database is unchanged:
+/// an entry keeps the reader connection it was read on and that
+/// connection's `PRAGMA data_version` at the time, which moves with every
+/// commit by any other connection, of this process or another. Any write
+/// to the database therefore retires every entry; a hit costs one pragma on
+/// the same connection instead of a read and a JSON decode.
+struct PointCache<K, V> {
+    entries: Mutex<std::collections::HashMap<K, (usize, i64, V)>>,
+}
+
+/// Entries a cache holds before it starts again.
+const POINT_CACHE_CAP: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> PointCache<K, V> {
+    fn new() -> Self {
+        Self { entries: Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    fn get(&self, key: &K, reader: usize, version: i64) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|(r, v, _)| *r == reader && *v == version).map(|(_, _, value)| value.clone())
+    }
+
+    fn put(&self, key: K, reader: usize, version: i64, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= POINT_CACHE_CAP {
+            entries.clear();
+        }
+        entries.insert(key, (reader, version, value));
+    }
+}
+
+fn data_version(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached("PRAGMA data_version")?.query_row([], |r| r.get(0))?)
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -203,7 +242,15 @@ impl SqliteStore {
             configure(&r)?;
             readers.push(Mutex::new(r));
         }
-        Ok(Self { inner: Arc::new(Inner { path: path.to_path_buf(), writer: Mutex::new(writer), readers }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(writer),
+                readers,
+                datasets: PointCache::new(),
+                credentials: PointCache::new(),
+            }),
+        })
     }
 
     /// The database file.
@@ -224,18 +271,42 @@ impl SqliteStore {
         .await
     }
 
-    /// A point read by primary key: on the calling thread when a reader
-    /// connection is free (a few microseconds in WAL mode, where readers never
-    /// wait for the writer), else on a blocking thread like any read.
-    async fn read_point<T, F>(&self, f: F) -> Result<T>
+    /// A point read by primary key, answered from `cache` while the database
+    /// is unchanged (only `Some` answers are kept). On the calling thread
+    /// when a reader connection is free (a few microseconds in WAL mode,
+    /// where readers never wait for the writer), else on a blocking thread
+    /// like any read.
+    async fn read_point_cached<K, V, F>(
+        &self,
+        cache: impl Fn(&Inner) -> &PointCache<K, V> + Send + 'static,
+        key: K,
+        f: F,
+    ) -> Result<Option<V>>
     where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        K: std::hash::Hash + Eq + Clone + Send + 'static,
+        V: Clone + Send + 'static,
+        F: FnOnce(&Connection) -> Result<Option<V>> + Send + 'static,
     {
-        if let Some(conn) = self.inner.readers.iter().find_map(|r| r.try_lock().ok()) {
-            return f(&conn);
+        // On the calling thread when a reader is free; `f` comes back when none is.
+        let inline = || -> std::result::Result<Result<Option<V>>, F> {
+            let free = self.inner.readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c)));
+            let Some((i, conn)) = free else { return Err(f) };
+            Ok((|| {
+                let version = data_version(&conn)?;
+                if let Some(hit) = cache(&self.inner).get(&key, i, version) {
+                    return Ok(Some(hit));
+                }
+                let found = f(&conn)?;
+                if let Some(value) = &found {
+                    cache(&self.inner).put(key, i, version, value.clone());
+                }
+                Ok(found)
+            })())
+        };
+        match inline() {
+            Ok(answer) => answer,
+            Err(f) => self.read(f).await,
         }
-        self.read(f).await
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>
@@ -806,7 +877,7 @@ impl MetaStore for SqliteStore {
     }
 
     async fn authenticate(&self, hash: TokenHash) -> Result<Option<(Principal, TokenInfo)>> {
-        self.read_point(move |c| {
+        self.read_point_cached(|i| &i.credentials, hash, move |c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {PRINCIPAL_COLS}, {TOKEN_COLS} FROM tokens t JOIN principals p ON p.id = t.principal WHERE t.hash = ?1"
             ))?
@@ -843,8 +914,10 @@ impl MetaStore for SqliteStore {
     }
 
     async fn dataset(&self, id: &str) -> Result<Dataset> {
-        let id = id.to_string();
-        self.read_point(move |c| get_dataset(c, &id)).await
+        let owned = id.to_string();
+        self.read_point_cached(|i| &i.datasets, owned.clone(), move |c| get_dataset(c, &owned).map(Some))
+            .await?
+            .ok_or_else(|| not_found("dataset", id))
     }
 
     async fn update_dataset(&self, d: Dataset) -> Result<Dataset> {
@@ -1321,5 +1394,41 @@ mod tests {
         assert!(find("\"").await.is_empty());
         let conflict = store.create_dataset(dataset("other", "x", "1-01")).await;
         assert!(matches!(conflict, Err(Error::Conflict { field: "resource_code", .. })));
+    }
+
+    #[tokio::test]
+    async fn cached_point_reads_follow_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.db");
+        let store = SqliteStore::open(&path).expect("open");
+        let department = Department {
+            id: "gongan".into(),
+            name: "公安局".into(),
+            org_code: None,
+            region: None,
+            parent: None,
+            created_at: Utc::now(),
+        };
+        store.create_department(department).await.expect("department");
+        store.create_dataset(dataset("population", "户籍人口基础信息", "1-01")).await.expect("ds");
+        let title = |store: SqliteStore| async move { store.dataset("gongan.population").await.expect("read").title };
+        assert_eq!(title(store.clone()).await, "户籍人口基础信息");
+        assert_eq!(title(store.clone()).await, "户籍人口基础信息");
+        // A write through the store is seen at once.
+        let mut d = store.dataset("gongan.population").await.expect("read");
+        d.title = "人口信息".into();
+        store.update_dataset(d).await.expect("update");
+        assert_eq!(title(store.clone()).await, "人口信息");
+        // So is a write by another connection, as another process would make it.
+        let other = Connection::open(&path).expect("other");
+        other
+            .execute(
+                "UPDATE datasets SET doc = json_set(doc, '$.title', '另一进程') WHERE id = 'gongan.population'",
+                [],
+            )
+            .expect("write");
+        assert_eq!(title(store.clone()).await, "另一进程");
+        other.execute("DELETE FROM datasets WHERE id = 'gongan.population'", []).expect("delete");
+        assert!(matches!(store.dataset("gongan.population").await, Err(Error::NotFound { .. })));
     }
 }
