@@ -203,6 +203,25 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> PointCache<K, V> {
         entries.get(key).filter(|(r, v, _)| *r == reader && *v == version).map(|(_, _, value)| value.clone())
     }
 
+    /// `f` on reader `i`, or what it answered before if the database has not changed since.
+    fn read(
+        &self,
+        conn: &Connection,
+        i: usize,
+        key: K,
+        f: impl FnOnce(&Connection) -> Result<Option<V>>,
+    ) -> Result<Option<V>> {
+        let version = data_version(conn)?;
+        if let Some(hit) = self.get(&key, i, version) {
+            return Ok(Some(hit));
+        }
+        let found = f(conn)?;
+        if let Some(value) = &found {
+            self.put(key, i, version, value.clone());
+        }
+        Ok(found)
+    }
+
     fn put(&self, key: K, reader: usize, version: i64, value: V) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= POINT_CACHE_CAP {
@@ -276,34 +295,19 @@ impl SqliteStore {
     /// when a reader connection is free (a few microseconds in WAL mode,
     /// where readers never wait for the writer), else on a blocking thread
     /// like any read.
-    async fn read_point_cached<K, V, F>(
-        &self,
-        cache: impl Fn(&Inner) -> &PointCache<K, V> + Send + 'static,
-        key: K,
-        f: F,
-    ) -> Result<Option<V>>
+    async fn read_point_cached<K, V, F>(&self, cache: &PointCache<K, V>, key: K, f: F) -> Result<Option<V>>
     where
         K: std::hash::Hash + Eq + Clone + Send + 'static,
         V: Clone + Send + 'static,
         F: FnOnce(&Connection) -> Result<Option<V>> + Send + 'static,
     {
-        // On the calling thread when a reader is free; `f` comes back when none is.
-        let inline = || -> std::result::Result<Result<Option<V>>, F> {
-            let free = self.inner.readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c)));
-            let Some((i, conn)) = free else { return Err(f) };
-            Ok((|| {
-                let version = data_version(&conn)?;
-                if let Some(hit) = cache(&self.inner).get(&key, i, version) {
-                    return Ok(Some(hit));
-                }
-                let found = f(&conn)?;
-                if let Some(value) = &found {
-                    cache(&self.inner).put(key, i, version, value.clone());
-                }
-                Ok(found)
-            })())
+        // The guard must not live across the await below, so the inline
+        // read is decided and done first; `f` comes back when no reader is free.
+        let inline = match self.inner.readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c))) {
+            Some((i, conn)) => Ok(cache.read(&conn, i, key, f)),
+            None => Err(f),
         };
-        match inline() {
+        match inline {
             Ok(answer) => answer,
             Err(f) => self.read(f).await,
         }
@@ -877,7 +881,7 @@ impl MetaStore for SqliteStore {
     }
 
     async fn authenticate(&self, hash: TokenHash) -> Result<Option<(Principal, TokenInfo)>> {
-        self.read_point_cached(|i| &i.credentials, hash, move |c| {
+        self.read_point_cached(&self.inner.credentials, hash, move |c| {
             Ok(c.prepare_cached(&format!(
                 "SELECT {PRINCIPAL_COLS}, {TOKEN_COLS} FROM tokens t JOIN principals p ON p.id = t.principal WHERE t.hash = ?1"
             ))?
@@ -915,7 +919,7 @@ impl MetaStore for SqliteStore {
 
     async fn dataset(&self, id: &str) -> Result<Dataset> {
         let owned = id.to_string();
-        self.read_point_cached(|i| &i.datasets, owned.clone(), move |c| get_dataset(c, &owned).map(Some))
+        self.read_point_cached(&self.inner.datasets, owned.clone(), move |c| get_dataset(c, &owned).map(Some))
             .await?
             .ok_or_else(|| not_found("dataset", id))
     }
@@ -1353,21 +1357,22 @@ mod tests {
         crate::validate::dataset(input, chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")).expect("valid")
     }
 
+    fn gongan() -> Department {
+        Department {
+            id: "gongan".into(),
+            name: "公安局".into(),
+            org_code: None,
+            region: None,
+            parent: None,
+            created_at: Utc::now(),
+        }
+    }
+
     #[tokio::test]
     async fn search_finds_two_character_words() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("meta.db")).expect("open");
-        store
-            .create_department(Department {
-                id: "gongan".into(),
-                name: "公安局".into(),
-                org_code: None,
-                region: None,
-                parent: None,
-                created_at: Utc::now(),
-            })
-            .await
-            .expect("department");
+        store.create_department(gongan()).await.expect("department");
         store.create_dataset(dataset("population", "户籍人口基础信息", "1-01")).await.expect("ds");
         store.create_dataset(dataset("vehicles", "机动车登记信息", "1-02")).await.expect("ds");
         let find = |q: &str| {
@@ -1401,15 +1406,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("meta.db");
         let store = SqliteStore::open(&path).expect("open");
-        let department = Department {
-            id: "gongan".into(),
-            name: "公安局".into(),
-            org_code: None,
-            region: None,
-            parent: None,
-            created_at: Utc::now(),
-        };
-        store.create_department(department).await.expect("department");
+        store.create_department(gongan()).await.expect("department");
         store.create_dataset(dataset("population", "户籍人口基础信息", "1-01")).await.expect("ds");
         let title = |store: SqliteStore| async move { store.dataset("gongan.population").await.expect("read").title };
         assert_eq!(title(store.clone()).await, "户籍人口基础信息");

@@ -70,7 +70,7 @@ pub fn path_of(log: &Path) -> PathBuf {
 
 /// What one committed batch of the chain names: the last record's seq and
 /// hash, and the subjects of each record that names any.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Committed {
     pub through: u64,
     pub hash: String,
