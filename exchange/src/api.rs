@@ -15,6 +15,7 @@ pub mod grants;
 pub mod me;
 pub mod policy;
 pub mod principals;
+pub mod push;
 pub mod query;
 pub mod recorder;
 pub mod records;
@@ -52,10 +53,11 @@ use error::ApiError;
         feedback::create, feedback::list, feedback::resolve, supervision::overdue,
         audit::list, audit::verify, audit::subject, audit::usage,
         records::get_one, records::get_by_columns, records::batch_get, records::verify,
+        push::create, push::list, push::get, push::delete, push::run, push::events, push::deliveries, push::retry,
     ),
     components(schemas(error::Problem, gdx_catalog::FieldError)),
     modifiers(&BearerAuth, &CommonResponses),
-    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing"), (name = "supervision"), (name = "lookup")),
+    tags((name = "system"), (name = "identities"), (name = "catalogue"), (name = "ingest"), (name = "access"), (name = "query"), (name = "sharing"), (name = "supervision"), (name = "lookup"), (name = "push")),
 )]
 struct ApiDoc;
 
@@ -148,6 +150,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/feedback", post(feedback::create).get(feedback::list))
         .route("/api/v1/feedback/{id}/resolve", post(feedback::resolve))
         .route("/api/v1/supervision/overdue", get(supervision::overdue))
+        .route("/api/v1/push/rules", post(push::create).get(push::list))
+        .route("/api/v1/push/rules/{id}", get(push::get).delete(push::delete))
+        .route("/api/v1/push/rules/{id}/run", post(push::run))
+        .route("/api/v1/push/rules/{id}/events", get(push::events))
+        .route("/api/v1/push/rules/{id}/deliveries", get(push::deliveries))
+        .route("/api/v1/push/rules/{id}/deliveries/{event}/retry", post(push::retry))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
         .route("/api/v1/audit/subjects/{key}", get(audit::subject))

@@ -39,6 +39,10 @@ pub struct Config {
     pub client_ca: Option<PathBuf>,
     /// Let push rules target loopback and private addresses.
     pub webhook_allow_private: bool,
+    /// Seconds a webhook receiver has to answer one delivery.
+    pub webhook_timeout_secs: u64,
+    /// Seconds before each retry of a failed delivery; once spent, the delivery is dead-lettered.
+    pub webhook_retry_secs: Vec<u64>,
     /// Departments whose auditors see every department's records.
     pub supervisor_departments: Vec<String>,
     /// The platform secret (keyed-hash masks, audit checkpoints), kept outside the data directory.
@@ -84,6 +88,8 @@ impl Default for Config {
             tls_key: None,
             client_ca: None,
             webhook_allow_private: false,
+            webhook_timeout_secs: 10,
+            webhook_retry_secs: vec![5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600],
             supervisor_departments: Vec::new(),
             secret_key_file: None,
             log_format: LogFormat::Text,
@@ -219,6 +225,14 @@ impl Config {
                           (or serve behind a TLS-terminating proxy on loopback)"
                     .into(),
             });
+        }
+        if self.webhook_retry_secs.len() > 20 || self.webhook_retry_secs.iter().any(|s| *s > 7 * 24 * 3600) {
+            return Err(Error::Config {
+                message: "webhook_retry_secs holds at most 20 delays of at most a week each".into(),
+            });
+        }
+        if !(1..=300).contains(&self.webhook_timeout_secs) {
+            return Err(Error::Config { message: "webhook_timeout_secs must be between 1 and 300".into() });
         }
         for (key, days) in [
             ("request_due_working_days", self.request_due_working_days),

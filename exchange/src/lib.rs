@@ -13,6 +13,7 @@ pub mod datagen;
 pub mod demo;
 pub mod error;
 pub mod ingest;
+pub mod push;
 pub mod query;
 pub mod secret;
 pub mod server;

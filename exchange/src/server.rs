@@ -35,6 +35,7 @@ pub struct App {
     task: JoinHandle<std::io::Result<()>>,
     maintenance: Option<JoinHandle<()>>,
     watcher: JoinHandle<()>,
+    push: Vec<JoinHandle<()>>,
     audit: crate::audit::AuditLog,
     _lock: std::fs::File,
 }
@@ -165,6 +166,8 @@ impl App {
                 std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
             )
         });
+        let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
+            .map_err(|e| Error::Config { message: e.to_string() })?;
         let state = AppState {
             catalog,
             lake,
@@ -177,7 +180,12 @@ impl App {
             audit: audit.clone(),
             records,
             lookups: Arc::default(),
+            push: Arc::new(crate::push::Push::new(push_store)),
         };
+        let push = vec![
+            tokio::spawn(crate::push::eval::evaluator(state.clone())),
+            tokio::spawn(crate::push::deliver::deliverer(state.clone())),
+        ];
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
@@ -199,7 +207,7 @@ impl App {
                 .await
         });
         tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
-        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, audit, _lock: lock })
+        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, push, audit, _lock: lock })
     }
 
     /// The bound address.
@@ -226,6 +234,9 @@ impl App {
             m.abort();
         }
         self.watcher.abort();
+        for task in self.push.drain(..) {
+            task.abort();
+        }
         let served = match (&mut self.task).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(Error::Io { path: PathBuf::from("<listener>"), source }),

@@ -35,4 +35,6 @@ pub struct AppState {
     pub records: Arc<gdx_catalog::lake::records::RecordIndex>,
     /// Compiled lookup governance per caller and dataset.
     pub lookups: Arc<crate::api::records::LookupPlans>,
+    /// Push rules, their state and outbox.
+    pub push: Arc<crate::push::Push>,
 }

@@ -157,6 +157,11 @@ impl ApiError {
     pub fn code(&self) -> Code {
         self.code
     }
+
+    /// What went wrong, as the client is told.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 impl From<gdx_catalog::Error> for ApiError {

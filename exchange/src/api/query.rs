@@ -74,7 +74,7 @@ fn too_long(limit: std::time::Duration) -> ApiError {
     ApiError::new(error::UNAVAILABLE, format!("the query ran longer than {} s and was stopped", limit.as_secs()))
 }
 
-fn query_error(e: DataFusionError) -> ApiError {
+pub(crate) fn query_error(e: DataFusionError) -> ApiError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => ApiError::new(
             error::RESOURCES_EXHAUSTED,
@@ -435,6 +435,40 @@ async fn prepare(
     let principal = viewer.unwrap_or(&caller.principal);
     // A preview shows the steward's own datasets only.
     let only = viewer.and(caller.principal.department.clone());
+    // Auditors (themselves, not a preview) query the audit log they oversee as `gdx.audit`.
+    let audit = if viewer.is_none() && caller.principal.has_role(gdx_catalog::Role::Auditor) {
+        Some(state.audit.table(super::supervision::audit_scope(state, caller).await?))
+    } else {
+        None
+    };
+    let as_of = request.as_of.clone().unwrap_or_default();
+    let sources = Sources { only: only.as_deref(), as_of: &as_of, audit, unversioned_empty: false };
+    governed_frame(state, principal, &request.sql, sources).await
+}
+
+/// What a governed session may hold beside the datasets the reader may read.
+pub(crate) struct Sources<'a> {
+    /// Only this department's datasets (a steward's preview).
+    pub only: Option<&'a str>,
+    /// GDX versions to read instead of the latest, by dataset.
+    pub as_of: &'a HashMap<String, i64>,
+    /// The audit log as `gdx.audit`, for auditors.
+    pub audit: Option<Arc<dyn datafusion::catalog::TableProvider>>,
+    /// Whether a readable dataset without any version is an empty table
+    /// (push rules may name one) instead of no table at all.
+    pub unversioned_empty: bool,
+}
+
+/// Plans `sql` as `principal` in a fresh session that holds only the
+/// datasets `principal` may read, each filtered and masked inside its own
+/// scan; with the plan, the GDX version of each dataset it reads.
+pub(crate) async fn governed_frame(
+    state: &AppState,
+    principal: &Principal,
+    sql: &str,
+    sources: Sources<'_>,
+) -> ApiResult<(datafusion::dataframe::DataFrame, BTreeMap<String, i64>)> {
+    let Sources { only, as_of, audit, unversioned_empty } = sources;
     let reader = reader(state, principal).await?;
     let memory = usize::try_from(state.config.query_memory_bytes).unwrap_or(usize::MAX);
     let spill = state.config.data_dir.join(super::versions::TMP_DIR).join("query-spill");
@@ -442,11 +476,10 @@ async fn prepare(
     let ctx = session(memory, &spill).map_err(|e| ApiError::internal(&e))?;
     let key = Arc::new(HashKey::new(state.secret.key()));
     let now = chrono::Utc::now();
-    let as_of = request.as_of.clone().unwrap_or_default();
-    let referenced = referenced_tables(&ctx, &request.sql);
+    let referenced = referenced_tables(&ctx, sql);
     let mut versions = BTreeMap::new();
     for d in crate::ingest::all_datasets(&state.catalog).await.map_err(|e| ApiError::internal(&e))? {
-        if only.as_ref().is_some_and(|own| own != &d.department) {
+        if only.is_some_and(|own| own != d.department) {
             continue;
         }
         // Only the datasets the query names are opened (all of them for the information schema).
@@ -454,8 +487,15 @@ async fn prepare(
             continue;
         }
         let Ok(plan) = state.data.plan(principal, &d, now) else { continue };
-        let Some((provider, version)) = open(state, &d, as_of.get(&d.id).copied()).await? else {
-            continue;
+        let (provider, version) = match open(state, &d, as_of.get(&d.id).copied()).await? {
+            Some(opened) => opened,
+            None if unversioned_empty && d.current_version.is_none() => {
+                let schema = Arc::new(d.arrow_schema());
+                let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
+                    .map_err(|e| ApiError::internal(&e))?;
+                (Arc::new(empty) as Arc<dyn datafusion::catalog::TableProvider>, 0)
+            }
+            None => continue,
         };
         let columns: Vec<String> = d.columns.iter().map(|c| c.name.clone()).collect();
         let table = GovernedTable::try_new(
@@ -471,12 +511,9 @@ async fn prepare(
         register(&ctx, &d.department, &d.name, Arc::new(table)).map_err(|e| ApiError::internal(&e))?;
         versions.insert(d.id.clone(), version);
     }
-    // Auditors (themselves, not a preview) query the audit log they oversee as `gdx.audit`.
-    if viewer.is_none()
-        && caller.principal.has_role(gdx_catalog::Role::Auditor)
+    if let Some(table) = audit
         && referenced.as_ref().is_none_or(|r| r.contains(AUDIT_TABLE))
     {
-        let table = state.audit.table(super::supervision::audit_scope(state, caller).await?);
         register(&ctx, "gdx", "audit", table).map_err(|e| ApiError::internal(&e))?;
     }
     for id in as_of.keys() {
@@ -488,7 +525,7 @@ async fn prepare(
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let df = ctx.sql_with_options(&request.sql, options).await.map_err(query_error)?;
+    let df = ctx.sql_with_options(sql, options).await.map_err(query_error)?;
     // The versions of what the query reads, not of everything it could.
     let mut read = std::collections::BTreeSet::new();
     use datafusion::common::tree_node::TreeNodeRecursion;

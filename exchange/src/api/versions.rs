@@ -392,6 +392,8 @@ pub async fn push(
     }
     let version = crate::ingest::version_of(&committed);
     state.catalog.store().record_version(&id, version.clone()).await?;
+    // Rules on this dataset are evaluated against the new version.
+    state.push.changed();
     // The record index of the new files is built beside the answer, not before
     // it (a push's rate stays the lake's); a lookup that comes first waits for
     // it, and should it fail, the next lookup builds what is missing.
