@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::store::{Attempt, Due};
 use crate::state::AppState;
@@ -126,10 +126,7 @@ pub async fn deliverer(state: AppState) {
         }
         // Deliveries of deleted rules need no target any more.
         targets.retain(|id, _| rules.iter().any(|(r, _, _)| &r.id == id));
-        let next = match state.push.store.next_due().await {
-            Ok(n) => n,
-            Err(_) => None,
-        };
+        let next: Option<DateTime<Utc>> = state.push.store.next_due().await.unwrap_or_default();
         let sleep = match next {
             // Due now but in flight (or held by the per-rule limit): an outcome wakes the loop.
             Some(t) if t <= Utc::now() || waiting => Duration::from_secs(1),
