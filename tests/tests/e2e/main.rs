@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod foundation;
 mod ingest;
+mod push;
 mod query;
 mod records;
 mod sharing;
