@@ -135,11 +135,13 @@ pub fn backup(data_dir: &Path, out: &Path, progress: &mut dyn FnMut(&str)) -> Re
     progress(&format!("snapshot {META_DB}"));
     sqlite_snapshot(&meta, &staging.path().join(META_DB))?;
     files.push((META_DB.into(), staging.path().join(META_DB)));
-    let audit = data_dir.join(AUDIT_DB);
-    if audit.is_file() {
-        progress(&format!("snapshot {AUDIT_DB}"));
-        sqlite_snapshot(&audit, &staging.path().join(AUDIT_DB))?;
-        files.push((AUDIT_DB.into(), staging.path().join(AUDIT_DB)));
+    for name in [AUDIT_DB, crate::push::PUSH_DB] {
+        let db = data_dir.join(name);
+        if db.is_file() {
+            progress(&format!("snapshot {name}"));
+            sqlite_snapshot(&db, &staging.path().join(name))?;
+            files.push((name.into(), staging.path().join(name)));
+        }
     }
     for folder in [LAKE_DIR, REJECTS_DIR] {
         let lake = data_dir.join(folder);
