@@ -41,7 +41,7 @@ pub enum Trigger {
 }
 
 /// A rule as its owner defined it (the webhook secret is kept apart, sealed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RuleDef {
     /// A name, unique among the owner's rules.
     pub name: String,

@@ -58,28 +58,13 @@ pub struct CreateRule {
 pub struct RuleView {
     /// `rule_<hex>`.
     pub id: String,
-    /// Its name.
-    pub name: String,
     /// The principal it runs as.
     pub owner: String,
     /// The owner's department.
     pub department: Option<String>,
-    /// The governed SQL.
-    pub sql: String,
-    /// The subject column.
-    pub subject_column: String,
-    /// The message template.
-    pub message: Option<String>,
-    /// The trigger.
-    pub trigger: Trigger,
-    /// The webhook URL (the secret is never shown).
-    pub webhook_url: Option<String>,
-    /// Why the data is used.
-    pub purpose: String,
-    /// Whether the first evaluation pushes subjects that already match.
-    pub backfill: bool,
-    /// Events per subject per day at most.
-    pub max_per_subject: Option<u32>,
+    /// The definition.
+    #[serde(flatten)]
+    pub def: RuleDef,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// Where its evaluations stand.
@@ -87,20 +72,11 @@ pub struct RuleView {
 }
 
 fn view(rule: Rule, state: RuleState) -> RuleView {
-    let d = rule.def;
     RuleView {
         id: rule.id,
-        name: d.name,
         owner: rule.owner,
         department: rule.department,
-        sql: d.sql,
-        subject_column: d.subject_column,
-        message: d.message,
-        trigger: d.trigger,
-        webhook_url: d.webhook_url,
-        purpose: d.purpose,
-        backfill: d.backfill,
-        max_per_subject: d.max_per_subject,
+        def: rule.def,
         created_at: rule.created_at,
         state,
     }
