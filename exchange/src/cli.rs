@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod records;
+pub mod rule;
 pub mod work;
 
 use std::path::Path;

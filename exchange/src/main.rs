@@ -81,6 +81,9 @@ enum Command {
     /// The audit trail: list records (auditors), verify the hash chain (offline with --data-dir).
     #[command(subcommand)]
     Audit(gdx_exchange::cli::audit::AuditCmd),
+    /// Push rules: governed SQL whose new matches are pushed to a webhook (their owner).
+    #[command(subcommand)]
+    Rule(gdx_exchange::cli::rule::RuleCmd),
     /// Webhooks as GDX sends them: check a received request's signature (for receivers).
     #[command(subcommand)]
     Webhook(WebhookCmd),
@@ -429,7 +432,7 @@ const DATASET_COLUMNS: &[(&str, &str)] = &[
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GDX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,buoyant_kernel=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -588,6 +591,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Request(cmd) => gdx_exchange::cli::work::request(&client()?, cmd, json).await?,
         Command::Feedback(cmd) => gdx_exchange::cli::work::feedback(&client()?, cmd, json).await?,
+        Command::Rule(cmd) => gdx_exchange::cli::rule::run(&client()?, cmd, json).await?,
         Command::Get { dataset, keys, as_of } => {
             gdx_exchange::cli::records::get(&client()?, &dataset, &keys, as_of, json).await?
         }

@@ -16,6 +16,8 @@ pub struct TestServer {
     app: Option<App>,
     dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// The configuration it was started with, kept for restarts.
+    config: Config,
 }
 
 /// The configuration of a test server over `data_dir`.
@@ -40,8 +42,8 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut c = config(&dir.path().join("data"));
         change(&mut c);
-        let app = App::start(c).await.expect("server starts");
-        Self { app: Some(app), dir, http: reqwest::Client::new() }
+        let app = App::start(c.clone()).await.expect("server starts");
+        Self { app: Some(app), dir, http: reqwest::Client::new(), config: c }
     }
 
     /// Sends a raw body with a content type (and optional extra headers) as `token`.
@@ -86,7 +88,7 @@ impl TestServer {
     /// Stops the server and starts it again on the same data directory.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let app = App::start(config(&self.data_dir())).await.expect("server restarts");
+        let app = App::start(self.config.clone()).await.expect("server restarts");
         self.app = Some(app);
     }
 
@@ -100,7 +102,8 @@ impl TestServer {
     /// Starts the server on another data directory (e.g. a restored one).
     pub async fn start_on(&mut self, dir: &Path) {
         self.stop().await;
-        self.app = Some(App::start(config(dir)).await.expect("server starts"));
+        self.config.data_dir = dir.to_path_buf();
+        self.app = Some(App::start(self.config.clone()).await.expect("server starts"));
     }
 
     /// Sends a request with an optional bearer token and JSON body.

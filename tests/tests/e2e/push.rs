@@ -27,6 +27,8 @@ struct Seen {
     fail: u32,
     /// Requests whose signature did not verify.
     bad: u32,
+    /// Hold every request without answering (a receiver mid-delivery).
+    hold: bool,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -44,12 +46,20 @@ async fn receive(seen: axum::extract::State<Shared>, headers: HeaderMap, body: B
         now,
         gdx_exchange::webhook::DEFAULT_TOLERANCE,
     );
-    let mut seen = seen.lock().expect("lock");
-    if ok.is_err() {
-        seen.bad += 1;
-        return AxumStatus::UNAUTHORIZED;
+    let hold = {
+        let mut seen = seen.lock().expect("lock");
+        if ok.is_err() {
+            seen.bad += 1;
+            return AxumStatus::UNAUTHORIZED;
+        }
+        *seen.attempts.entry(h("webhook-id")).or_default() += 1;
+        seen.hold
+    };
+    if hold {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return AxumStatus::SERVICE_UNAVAILABLE;
     }
-    *seen.attempts.entry(h("webhook-id")).or_default() += 1;
+    let mut seen = seen.lock().expect("lock");
     if seen.fail > 0 {
         seen.fail -= 1;
         return AxumStatus::INTERNAL_SERVER_ERROR;
@@ -251,4 +261,162 @@ async fn webhooks_at_private_addresses_are_refused_by_default() {
             .await;
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {v}");
     }
+}
+
+/// A rule over `gongan.residents` for the service `sv`, with changes to its definition.
+fn rule_over_residents(url: Option<&str>, change: impl FnOnce(&mut Value)) -> Value {
+    let mut rule = json!({
+        "name": "reminder",
+        "sql": "SELECT id_number, name FROM gongan.residents WHERE county_code = '441402'",
+        "subject_column": "id_number",
+        "message": "{{name}}",
+        "trigger": {"on_change": ["gongan.residents"]},
+        "purpose": "养老金待遇主动提醒"
+    });
+    if let Some(url) = url {
+        rule["webhook"] = json!({"url": url, "secret": SECRET});
+    }
+    change(&mut rule);
+    rule
+}
+
+/// A city with gongan's residents dataset, its steward and renshe's service.
+async fn city(s: &TestServer) -> (String, String) {
+    s.department("gongan", "梅州市公安局", "441400").await;
+    s.department("renshe", "梅州市人社局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    let service = s.principal("sv", "renshe", &["service"]).await;
+    let (code, v) = s.post("/api/v1/datasets", &steward, population("gongan", "residents", "1-02")).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    (steward, service)
+}
+
+async fn replace(s: &TestServer, steward: &str, rows: &[(&str, &str, &str)]) {
+    let (code, v) =
+        s.upload("/api/v1/datasets/gongan.residents/versions?mode=replace", steward, "text/csv", csv(rows), &[]).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+}
+
+async fn run(s: &TestServer, service: &str, id: &str) -> Value {
+    let (code, v) = s.post(&format!("/api/v1/push/rules/{id}/run"), service, json!({})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    v["evaluation"].clone()
+}
+
+#[tokio::test]
+async fn backfill_off_and_max_per_subject_shape_what_is_pushed() {
+    let s = TestServer::start().await;
+    let (steward, service) = city(&s).await;
+    let (a, b, c) =
+        (id_number("441402", "19660101", 1), id_number("441402", "19660101", 2), id_number("441402", "19660101", 3));
+    replace(&s, &steward, &[(&a, "张三", "441402"), (&b, "李四", "441402")]).await;
+
+    // The rules here run only when asked (their schedule is once a year),
+    // so each run's outcome is its own.
+    let yearly = json!({"schedule": "0 0 1 1 *"});
+    // Without backfill the first evaluation only learns who matches already.
+    let (code, v) = s
+        .post(
+            "/api/v1/push/rules",
+            &service,
+            rule_over_residents(None, |r| {
+                r["backfill"] = json!(false);
+                r["trigger"] = yearly.clone();
+            }),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let quiet = v["id"].as_str().expect("id").to_string();
+    let e = run(&s, &service, &quiet).await;
+    assert_eq!((e["matched"].as_u64(), e["events"].as_u64()), (Some(2), Some(0)), "{e}");
+    // At most one event per subject a day: a second change the same day is held.
+    let (code, v) = s
+        .post(
+            "/api/v1/push/rules",
+            &service,
+            rule_over_residents(None, |r| {
+                r["name"] = json!("once a day");
+                r["max_per_subject"] = json!(1);
+                r["trigger"] = yearly.clone();
+            }),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let daily = v["id"].as_str().expect("id").to_string();
+    let e = run(&s, &service, &daily).await;
+    assert_eq!(e["events"].as_u64(), Some(2), "{e}");
+    let (code, v) =
+        s.post("/api/v1/push/rules", &service, rule_over_residents(None, |r| r["max_per_subject"] = json!(0))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // A newcomer, and a changed name.
+    replace(&s, &steward, &[(&a, "章三", "441402"), (&b, "李四", "441402"), (&c, "王五", "441402")]).await;
+    let e = run(&s, &service, &quiet).await;
+    assert_eq!((e["matched"].as_u64(), e["events"].as_u64()), (Some(3), Some(2)), "{e}");
+    let e = run(&s, &service, &daily).await;
+    // The newcomer is pushed; the changed name waits for tomorrow.
+    assert_eq!((e["events"].as_u64(), e["held"].as_u64()), (Some(1), Some(1)), "{e}");
+    let (_, ev) = s.get(&format!("/api/v1/push/rules/{quiet}/events"), &service).await;
+    let mut names: Vec<&str> =
+        ev["items"].as_array().expect("items").iter().filter_map(|e| e["message"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec!["王*", "章*"], "{ev}");
+    // Without a webhook, events are only pulled: no delivery is queued.
+    let (_, d) = s.get(&format!("/api/v1/push/rules/{quiet}/deliveries"), &service).await;
+    assert_eq!(d["items"], json!([]), "{d}");
+
+    // A subject that stops matching and comes back is pushed again.
+    replace(&s, &steward, &[(&a, "章三", "441402"), (&b, "李四", "441403"), (&c, "王五", "441402")]).await;
+    let e = run(&s, &service, &quiet).await;
+    assert_eq!((e["gone"].as_u64(), e["events"].as_u64()), (Some(1), Some(0)), "{e}");
+    replace(&s, &steward, &[(&a, "章三", "441402"), (&b, "李四", "441402"), (&c, "王五", "441402")]).await;
+    let e = run(&s, &service, &quiet).await;
+    assert_eq!(e["events"].as_u64(), Some(1), "{e}");
+
+    // Bad schedules are refused when the rule is made.
+    for bad in ["61 * * * *", "* * *", "0 8 * * mon-"] {
+        let (code, v) = s
+            .post(
+                "/api/v1/push/rules",
+                &service,
+                rule_over_residents(None, |r| {
+                    r["name"] = json!(bad);
+                    r["trigger"] = json!({"schedule": bad});
+                }),
+            )
+            .await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_stopped_mid_delivery_resends_the_same_event_after_restart() {
+    let mut s = TestServer::start_with(|c| {
+        c.webhook_allow_private = true;
+        c.webhook_retry_secs = vec![1, 1];
+        c.webhook_timeout_secs = 60;
+    })
+    .await;
+    let (steward, service) = city(&s).await;
+    let (url, seen) = receiver().await;
+    seen.lock().expect("lock").hold = true;
+    let (code, v) = s.post("/api/v1/push/rules", &service, rule_over_residents(Some(&url), |_| {})).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    replace(&s, &steward, &[(&id_number("441402", "19660101", 1), "张三", "441402")]).await;
+    // The receiver has the request and has not answered: stop the server now.
+    until("the first attempt", || !seen.lock().expect("lock").attempts.is_empty()).await;
+    s.stop().await;
+    let first: Vec<String> = seen.lock().expect("lock").attempts.keys().cloned().collect();
+    seen.lock().expect("lock").hold = false;
+    s.restart().await;
+    until("the delivery after restart", || !seen.lock().expect("lock").accepted.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.accepted.len(), 1, "one event, delivered once");
+        assert_eq!(vec![seen.accepted[0]["id"].as_str().expect("id").to_string()], first, "under the same webhook-id");
+    }
+    let (_, d) = s.get(&format!("/api/v1/push/rules/{id}/deliveries"), &service).await;
+    assert_eq!(d["items"][0]["state"], json!("delivered"), "{d}");
 }
