@@ -61,5 +61,9 @@ assert latest.height == 12000, latest.height
 assert latest["id_number"].n_unique() == 12000
 info = t.history()[0]["gdx.push"]
 assert info["version"] == 2 and info["mode"] == "upsert", info
-print(f"delta-readers: deltalake and polars read {latest.height} rows at version {t.version()} and {first.height} by time travel")
+# The change data feed: the upsert's 7000 new keys are inserts.
+feed = pl.DataFrame(t.load_cdf(starting_version=1, ending_version=1).read_all())
+kinds = dict(feed.group_by("_change_type").len().iter_rows())
+assert kinds == {"insert": 7000}, kinds
+print(f"delta-readers: deltalake and polars read {latest.height} rows at version {t.version()} and {first.height} by time travel; the change feed of the upsert: {kinds}")
 PY

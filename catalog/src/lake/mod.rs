@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::Dataset;
 
+mod cdc;
 pub mod records;
 mod upsert;
 mod write;

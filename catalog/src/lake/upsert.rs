@@ -28,6 +28,7 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use serde_json::Value;
 
+use super::cdc::CdcWriter;
 use super::write::{PushFiles, PushWriter, ReadError, ReadResult, commit_actions, widen, write_files};
 use super::{LakeError, delta};
 use crate::model::Dataset;
@@ -89,10 +90,11 @@ impl KeyIndex {
         (h >> (128 - DIRECTORY_BITS)) as usize
     }
 
-    fn contains(&self, h: u128) -> bool {
+    /// Where `h` is among the pass's hashes.
+    fn position(&self, h: u128) -> Option<usize> {
         let s = Self::slot(h);
         let (lo, hi) = (self.directory[s] as usize, self.directory[s + 1] as usize);
-        self.hashes[lo..hi].binary_search(&h).is_ok()
+        self.hashes[lo..hi].binary_search(&h).ok().map(|i| lo + i)
     }
 }
 
@@ -131,7 +133,9 @@ fn key_columns(batch: &RecordBatch, key: &[String], schema: &SchemaRef) -> Res<V
 }
 
 /// Marks, in each table file, the rows whose key the upload carries.
-/// Returns how many rows were marked.
+/// Returns how many rows were marked. With `cdc`, the upload's rows are
+/// written to it as `update_postimage` (a table row had their key) or
+/// `insert`, each pass its share of them.
 fn mark(
     upload: &[PathBuf],
     upload_rows: u64,
@@ -139,6 +143,7 @@ fn mark(
     key: &[String],
     schema: &SchemaRef,
     files: &mut [TableFile],
+    mut cdc: Option<&mut CdcWriter>,
 ) -> Res<u64> {
     let key_fields: Vec<FieldRef> =
         key.iter().map(|k| schema.field_with_name(k).map(|f| Arc::new(f.clone()))).collect::<Result<_, _>>()?;
@@ -162,13 +167,18 @@ fn mark(
             continue;
         }
         let index = KeyIndex::new(hashes);
+        // Which of the pass's upload keys a table row has.
+        let mut found = vec![false; index.hashes.len()];
         for file in files.iter_mut() {
             let (rows, batches) = read_file(&file.path, Some(key))?;
             let mut offset = 0usize;
             for batch in batches {
                 let batch = batch?;
                 for (i, h) in hasher.hashes(&key_columns(&batch, key, schema)?)?.into_iter().enumerate() {
-                    if pass_of(h, passes) == pass && index.contains(h) {
+                    if pass_of(h, passes) == pass
+                        && let Some(at) = index.position(h)
+                    {
+                        found[at] = true;
                         let marks = file.marks.get_or_insert_with(|| vec![0u64; (rows as usize).div_ceil(64)]);
                         let row = offset + i;
                         if let Some(word) = marks.get_mut(row / 64) {
@@ -182,12 +192,38 @@ fn mark(
                 offset += batch.num_rows();
             }
         }
+        if let Some(cdc) = cdc.as_deref_mut() {
+            for path in upload {
+                for batch in read_file(path, None)?.1 {
+                    let batch = batch?;
+                    let hashes = hasher.hashes(&key_columns(&batch, key, schema)?)?;
+                    let kind = |want: bool| -> BooleanArray {
+                        hashes
+                            .iter()
+                            .map(|h| {
+                                Some(
+                                    pass_of(*h, passes) == pass
+                                        && index.position(*h).is_some_and(|at| found[at]) == want,
+                                )
+                            })
+                            .collect()
+                    };
+                    cdc.write(&arrow::compute::filter_record_batch(&batch, &kind(true))?, "update_postimage")?;
+                    cdc.write(&arrow::compute::filter_record_batch(&batch, &kind(false))?, "insert")?;
+                }
+            }
+        }
     }
     Ok(marked)
 }
 
-/// Writes what the touched files keep.
-fn rewrite(files: &[TableFile], writer: &mut PushWriter, id: &str) -> Result<(), LakeError> {
+/// Writes what the touched files keep; with `cdc`, the rows they drop as `update_preimage`.
+fn rewrite(
+    files: &[TableFile],
+    writer: &mut PushWriter,
+    id: &str,
+    mut cdc: Option<&mut CdcWriter>,
+) -> Result<(), LakeError> {
     for file in files {
         let Some(marks) = &file.marks else { continue };
         let (_, batches) = read_file(&file.path, None).map_err(|e| e.into_lake(id))?;
@@ -201,6 +237,12 @@ fn rewrite(files: &[TableFile], writer: &mut PushWriter, id: &str) -> Result<(),
                 arrow::compute::filter_record_batch(&batch, &keep).map_err(|e| ReadError::from(e).into_lake(id))?;
             if kept.num_rows() > 0 {
                 writer.write(&kept)?;
+            }
+            if let Some(cdc) = cdc.as_deref_mut() {
+                let dropped = arrow::compute::not(&keep).map_err(|e| ReadError::from(e).into_lake(id))?;
+                let dropped = arrow::compute::filter_record_batch(&batch, &dropped)
+                    .map_err(|e| ReadError::from(e).into_lake(id))?;
+                cdc.write(&dropped, "update_preimage").map_err(|e| e.into_lake(id))?;
             }
         }
     }
@@ -241,10 +283,14 @@ async fn upsert_files(
     let key = dataset.primary_key.clone();
     let upload_paths: Vec<PathBuf> = upload.adds.iter().map(|a| table_dir.join(&a.path)).collect();
     let upload_rows = upload.rows();
-    let (marked, files) = {
+    // The table's change data feed, when enabled, gets the rows that changed.
+    let cdc = state.table_config().enable_change_data_feed.unwrap_or(false).then(|| CdcWriter::new(dataset, table_dir));
+    let (marked, files, cdc) = {
         let schema = Arc::new(dataset.arrow_schema());
         tokio::task::spawn_blocking(move || {
-            mark(&upload_paths, upload_rows, PASS_KEYS, &key, &schema, &mut files).map(|m| (m, files))
+            let mut cdc = cdc;
+            mark(&upload_paths, upload_rows, PASS_KEYS, &key, &schema, &mut files, cdc.as_mut())
+                .map(|m| (m, files, cdc))
         })
         .await
         .map_err(|e| LakeError::Io { path: table_dir.to_path_buf(), source: std::io::Error::other(e) })?
@@ -254,12 +300,22 @@ async fn upsert_files(
     tracing::info!(marked, files = files.len(), touched, "upsert: rows matched");
 
     let files = Arc::new(files);
+    let cdc = Arc::new(std::sync::Mutex::new(cdc));
     let rewritten = {
-        let (files, owner) = (files.clone(), id.to_string());
+        let (files, owner, cdc) = (files.clone(), id.to_string(), cdc.clone());
         write_files(dataset, table_dir, table.log_store().object_store(None), move |writer| {
-            rewrite(&files, writer, &owner)
+            let mut cdc = cdc.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rewrite(&files, writer, &owner, cdc.as_mut())
         })
         .await?
+    };
+    let cdc = cdc.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let changes = match cdc.map(CdcWriter::finish).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => {
+            rewritten.discard();
+            return Err(e.into_lake(id));
+        }
     };
 
     let mut actions: Vec<Action> = Vec::with_capacity(upload.adds.len() + rewritten.adds.len() + touched + 1);
@@ -267,12 +323,14 @@ async fn upsert_files(
         Ok(w) => w,
         Err(e) => {
             rewritten.discard();
+            changes.discard();
             return Err(e);
         }
     };
     actions.extend(widened);
     actions.extend(files.iter().filter(|f| f.marks.is_some()).map(|f| Action::Remove(f.remove.clone())));
     actions.extend(upload.adds.iter().chain(&rewritten.adds).cloned().map(Action::Add));
+    actions.extend(changes.files.iter().cloned().map(Action::Cdc));
     let on = dataset.primary_key.iter().map(|k| format!("target.{k} = source.{k}")).collect::<Vec<_>>().join(" AND ");
     let operation = DeltaOperation::Merge {
         predicate: None,
@@ -283,6 +341,7 @@ async fn upsert_files(
     };
     if let Err(e) = commit_actions(table, state, actions, operation, app_metadata, id).await {
         rewritten.discard();
+        changes.discard();
         return Err(e);
     }
     Ok(marked)
@@ -373,6 +432,40 @@ mod tests {
         assert_eq!(before_files.intersection(&after_files).count(), 1);
         // The version before the upsert still reads as it was.
         assert_eq!(lake.read(&ds, 2).await.expect("read").iter().map(|b| b.num_rows()).sum::<usize>(), 3000);
+
+        // Delta's change data feed of the upsert holds the rows that changed,
+        // not the rewritten files' other rows: 1500 replaced (before and
+        // after) and 1500 new; the appends before it read as inserts.
+        let feed = |from: u64, to: u64| {
+            let table = after.clone();
+            async move {
+                let builder = table.scan_cdf().with_starting_version(from).with_ending_version(to);
+                let provider = deltalake::delta_datafusion::DeltaCdfTableProvider::try_new(builder).expect("cdf");
+                let ctx = datafusion::execution::context::SessionContext::new();
+                ctx.register_table("feed", Arc::new(provider)).expect("register");
+                let batches = ctx
+                    .sql("SELECT _change_type, count(*) AS n, min(v) AS lo, max(v) AS hi FROM feed GROUP BY 1 ORDER BY 1")
+                    .await
+                    .expect("sql")
+                    .collect()
+                    .await
+                    .expect("collect");
+                arrow::util::pretty::pretty_format_batches(&batches).expect("format").to_string()
+            }
+        };
+        let upserted = feed(3, 3).await;
+        let want = [
+            "+------------------+------+----+----+",
+            "| _change_type     | n    | lo | hi |",
+            "+------------------+------+----+----+",
+            "| insert           | 1500 | 1  | 1  |",
+            "| update_postimage | 1500 | 1  | 1  |",
+            "| update_preimage  | 1500 | 0  | 0  |",
+            "+------------------+------+----+----+",
+        ]
+        .join("\n");
+        assert_eq!(upserted, want);
+        assert!(feed(1, 2).await.contains("| insert       | 2000 | 0  | 0  |"), "{}", feed(1, 2).await);
     }
 
     #[tokio::test]
@@ -405,8 +498,8 @@ mod tests {
         let paths: Vec<PathBuf> = upload.adds.iter().map(|a| table_dir.join(&a.path)).collect();
         let key = vec!["id".to_string()];
         let (mut one, mut many) = (files(), files());
-        assert_eq!(mark(&paths, 3000, PASS_KEYS, &key, &schema, &mut one).expect("one pass"), 3000);
-        assert_eq!(mark(&paths, 3000, 700, &key, &schema, &mut many).expect("five passes"), 3000);
+        assert_eq!(mark(&paths, 3000, PASS_KEYS, &key, &schema, &mut one, None).expect("one pass"), 3000);
+        assert_eq!(mark(&paths, 3000, 700, &key, &schema, &mut many, None).expect("five passes"), 3000);
         upload.discard();
         let bits = |f: &[TableFile]| -> Vec<Option<Vec<u64>>> { f.iter().map(|f| f.marks.clone()).collect() };
         assert_eq!(bits(&one), bits(&many));

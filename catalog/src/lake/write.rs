@@ -366,7 +366,11 @@ pub(super) async fn commit_files(
                 .with_table_name(&dataset.name)
                 .with_columns(kernel.fields().cloned())
                 // Compaction reads the target size from the table.
-                .with_configuration([("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string()))])
+                .with_configuration([
+                    ("delta.targetFileSize", Some(TARGET_FILE_BYTES.to_string())),
+                    // Upserts write the rows they change (see `cdc`), for rules and other readers.
+                    ("delta.enableChangeDataFeed", Some("true".to_string())),
+                ])
                 .with_actions(adds)
                 .with_commit_properties(CommitProperties::default().with_metadata(app_metadata).with_max_retries(0))
                 .await
