@@ -97,6 +97,9 @@ pub struct RuleState {
     pub last_events: Option<i64>,
     /// Events written in all.
     pub events: i64,
+    /// What the last successful evaluation read: `all` the rows, or only the
+    /// `changes` since the one before (from the change data feed).
+    pub read: Option<String>,
 }
 
 /// The push engine's shared part: the store, the wake-ups of the evaluator

@@ -242,6 +242,26 @@ impl Lake {
         Ok(table.version().is_some().then_some(table))
     }
 
+    /// Delta's change data feed of the commits `from..=to` (Delta versions)
+    /// as a table: the table's columns, `_change_type` (`insert`,
+    /// `update_preimage`, `update_postimage`, `delete`), `_commit_version`
+    /// and `_commit_timestamp`. `None` when the table keeps no feed.
+    pub async fn change_feed(
+        &self,
+        dataset: &Dataset,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<Arc<dyn datafusion::catalog::TableProvider>>, LakeError> {
+        let Some(table) = self.open(dataset).await? else { return Ok(None) };
+        let enabled = table.snapshot().map_err(delta(&dataset.id))?.table_config().enable_change_data_feed;
+        if enabled != Some(true) {
+            return Ok(None);
+        }
+        let builder = table.scan_cdf().with_starting_version(from).with_ending_version(to);
+        let feed = deltalake::delta_datafusion::DeltaCdfTableProvider::try_new(builder).map_err(delta(&dataset.id))?;
+        Ok(Some(Arc::new(feed)))
+    }
+
     /// The table at a Delta version.
     pub async fn open_version(&self, dataset: &Dataset, delta_version: u64) -> Result<DeltaTable, LakeError> {
         let url = self.url(dataset)?;

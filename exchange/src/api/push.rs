@@ -144,7 +144,8 @@ pub async fn create(
         return Err(ApiError::new(super::error::SQL_NOT_ALLOWED, why));
     }
     let as_of = HashMap::new();
-    let sources = super::query::Sources { only: None, as_of: &as_of, audit: None, unversioned_empty: true };
+    let sources =
+        super::query::Sources { only: None, as_of: &as_of, audit: None, unversioned_empty: true, changes: None };
     let (df, versions) = super::query::governed_frame(&state, &caller.principal, &body.sql, sources).await?;
     caller.audit.note(|n| n.datasets = versions.keys().cloned().collect());
     let columns: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();

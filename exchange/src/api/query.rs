@@ -442,7 +442,7 @@ async fn prepare(
         None
     };
     let as_of = request.as_of.clone().unwrap_or_default();
-    let sources = Sources { only: only.as_deref(), as_of: &as_of, audit, unversioned_empty: false };
+    let sources = Sources { only: only.as_deref(), as_of: &as_of, audit, unversioned_empty: false, changes: None };
     governed_frame(state, principal, &request.sql, sources).await
 }
 
@@ -457,6 +457,9 @@ pub(crate) struct Sources<'a> {
     /// Whether a readable dataset without any version is an empty table
     /// (push rules may name one) instead of no table at all.
     pub unversioned_empty: bool,
+    /// Rows to read instead of a dataset's (a push rule evaluating the rows
+    /// a commit changed), governed as the dataset is.
+    pub changes: Option<(&'a str, Arc<dyn datafusion::catalog::TableProvider>)>,
 }
 
 /// Plans `sql` as `principal` in a fresh session that holds only the
@@ -468,7 +471,7 @@ pub(crate) async fn governed_frame(
     sql: &str,
     sources: Sources<'_>,
 ) -> ApiResult<(datafusion::dataframe::DataFrame, BTreeMap<String, i64>)> {
-    let Sources { only, as_of, audit, unversioned_empty } = sources;
+    let Sources { only, as_of, audit, unversioned_empty, changes } = sources;
     let reader = reader(state, principal).await?;
     let memory = usize::try_from(state.config.query_memory_bytes).unwrap_or(usize::MAX);
     let spill = state.config.data_dir.join(super::versions::TMP_DIR).join("query-spill");
@@ -487,7 +490,11 @@ pub(crate) async fn governed_frame(
             continue;
         }
         let Ok(plan) = state.data.plan(principal, &d, now) else { continue };
-        let (provider, version) = match open(state, &d, as_of.get(&d.id).copied()).await? {
+        let opened = match &changes {
+            Some((id, rows)) if *id == d.id => Some((rows.clone(), d.current_version.unwrap_or(0))),
+            _ => open(state, &d, as_of.get(&d.id).copied()).await?,
+        };
+        let (provider, version) = match opened {
             Some(opened) => opened,
             None if unversioned_empty && d.current_version.is_none() => {
                 let schema = Arc::new(d.arrow_schema());

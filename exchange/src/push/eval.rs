@@ -10,7 +10,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use datafusion::catalog::TableProvider;
+use datafusion::logical_expr::LogicalPlan;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -70,7 +74,7 @@ pub async fn evaluate(state: &AppState, rule_id: &str, reason: Reason) -> Result
     let seen = trigger_versions(state, &rule).await;
     let at = Utc::now();
     let started = std::time::Instant::now();
-    let outcome = run(state, &rule, &rule_state, &seen, at).await;
+    let outcome = run(state, &rule, &rule_state, &seen, at, reason).await;
     let mut record = crate::audit::Record {
         principal: Some(rule.owner.clone()),
         department: rule.department.clone(),
@@ -116,6 +120,7 @@ async fn run(
     rule_state: &RuleState,
     seen: &BTreeMap<String, i64>,
     at: DateTime<Utc>,
+    reason: Reason,
 ) -> Result<(Evaluated, BTreeMap<String, i64>), ApiError> {
     let owner = state
         .catalog
@@ -134,12 +139,8 @@ async fn run(
             format!("the rule's query ran longer than {} s and was stopped", timeout.as_secs()),
         )
     };
-    let as_of = HashMap::new();
-    let sources = crate::api::query::Sources { only: None, as_of: &as_of, audit: None, unversioned_empty: true };
-    let (df, versions) =
-        tokio::time::timeout_at(deadline, crate::api::query::governed_frame(state, &owner, &rule.def.sql, sources))
-            .await
-            .map_err(|_| too_long())??;
+    let plan = |changes| frame(state, &owner, &rule.def.sql, changes);
+    let (df, versions) = tokio::time::timeout_at(deadline, plan(None)).await.map_err(|_| too_long())??;
     let names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     let subject_at = names.iter().position(|n| n == &rule.def.subject_column).ok_or_else(|| {
         ApiError::new(
@@ -147,39 +148,38 @@ async fn run(
             format!("the rule's query has no column {} (its subject column)", rule.def.subject_column),
         )
     })?;
-    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
-        .await
-        .map_err(|_| too_long())?
-        .map_err(crate::api::query::query_error)?;
     let store = state.push.store.clone();
     let mut staging = tokio::task::spawn_blocking(move || store.staging())
         .await
         .map_err(|e| ApiError::internal(&e))?
         .map_err(|e| ApiError::internal(&e))?;
-    let mut pending = Vec::with_capacity(STAGE_ROWS);
-    loop {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())?;
-        let batch = match next {
-            Some(b) => Some(b.map_err(crate::api::query::query_error)?),
-            None => None,
-        };
-        if let Some(batch) = &batch {
-            for row in crate::api::query::json_rows(batch).map_err(|e| ApiError::internal(&e))? {
-                if let Some(staged) = stage_row(&names, subject_at, row) {
-                    pending.push(staged);
+    // A rule over one dataset, row by row, reads only the rows changed since
+    // its last evaluation: as they are now, and as they were (whose subjects
+    // may no longer match).
+    let changes = match (reason, rule_state.matched) {
+        (Reason::OnChange, Some(matched)) if rule_state.status.as_deref() == Some("ok") => {
+            match changed_rows(state, rule, rule_state, df.logical_plan(), &versions).await {
+                Ok(c) => Some((c, matched)),
+                Err(why) => {
+                    tracing::debug!(rule = %rule.id, why, "rule reads all rows");
+                    None
                 }
             }
         }
-        if pending.len() >= STAGE_ROWS || (batch.is_none() && !pending.is_empty()) {
-            let rows = std::mem::take(&mut pending);
-            staging = tokio::task::spawn_blocking(move || staging.stage(&rows).map(|()| staging))
-                .await
-                .map_err(|e| ApiError::internal(&e))?
-                .map_err(|e| ApiError::internal(&e))?;
-        }
-        if batch.is_none() {
-            break;
-        }
+        _ => None,
+    };
+    let mut mode = "full";
+    if let Some(((dataset, before, after), matched)) = changes {
+        let (now_df, _) =
+            tokio::time::timeout_at(deadline, plan(Some((&dataset, after)))).await.map_err(|_| too_long())??;
+        staging = stage(now_df, &names, subject_at, staging, deadline, &too_long).await?;
+        let (was_df, _) =
+            tokio::time::timeout_at(deadline, plan(Some((&dataset, before)))).await.map_err(|_| too_long())??;
+        staging = candidates(was_df, subject_at, staging, deadline, &too_long).await?;
+        staging.partial(matched);
+        mode = "changes";
+    } else {
+        staging = stage(df, &names, subject_at, staging, deadline, &too_long).await?;
     }
     // The first evaluation of a rule without backfill only learns what matches.
     let emit = rule.def.backfill || rule_state.matched.is_some();
@@ -216,7 +216,204 @@ async fn run(
     .await
     .map_err(|e| ApiError::internal(&e))?
     .map_err(|e| ApiError::internal(&e))?;
+    tracing::debug!(rule = %rule.id, mode, "rule rows read");
     Ok((evaluated, versions))
+}
+
+/// Plans `sql` as `owner`, reading `changes` instead of its dataset when given.
+async fn frame(
+    state: &AppState,
+    owner: &gdx_catalog::model::Principal,
+    sql: &str,
+    changes: Option<(&str, Arc<dyn TableProvider>)>,
+) -> Result<(datafusion::dataframe::DataFrame, BTreeMap<String, i64>), ApiError> {
+    let as_of = HashMap::new();
+    let sources =
+        crate::api::query::Sources { only: None, as_of: &as_of, audit: None, unversioned_empty: true, changes };
+    crate::api::query::governed_frame(state, owner, sql, sources).await
+}
+
+/// Streams the answer of `df` into `staging`, a subject per row.
+async fn stage(
+    df: datafusion::dataframe::DataFrame,
+    names: &[String],
+    subject_at: usize,
+    mut staging: super::store::Staging,
+    deadline: tokio::time::Instant,
+    too_long: &impl Fn() -> ApiError,
+) -> Result<super::store::Staging, ApiError> {
+    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
+        .await
+        .map_err(|_| too_long())?
+        .map_err(crate::api::query::query_error)?;
+    let mut pending = Vec::with_capacity(STAGE_ROWS);
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())?;
+        let batch = match next {
+            Some(b) => Some(b.map_err(crate::api::query::query_error)?),
+            None => None,
+        };
+        if let Some(batch) = &batch {
+            for row in crate::api::query::json_rows(batch).map_err(|e| ApiError::internal(&e))? {
+                if let Some(staged) = stage_row(names, subject_at, row) {
+                    pending.push(staged);
+                }
+            }
+        }
+        if pending.len() >= STAGE_ROWS || (batch.is_none() && !pending.is_empty()) {
+            let rows = std::mem::take(&mut pending);
+            staging = tokio::task::spawn_blocking(move || staging.stage(&rows).map(|()| staging))
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+                .map_err(|e| ApiError::internal(&e))?;
+        }
+        if batch.is_none() {
+            return Ok(staging);
+        }
+    }
+}
+
+/// Streams the subjects of `df`'s answer into `staging` as candidates that may no longer match.
+async fn candidates(
+    df: datafusion::dataframe::DataFrame,
+    subject_at: usize,
+    mut staging: super::store::Staging,
+    deadline: tokio::time::Instant,
+    too_long: &impl Fn() -> ApiError,
+) -> Result<super::store::Staging, ApiError> {
+    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
+        .await
+        .map_err(|_| too_long())?
+        .map_err(crate::api::query::query_error)?;
+    while let Some(batch) = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())? {
+        let batch = batch.map_err(crate::api::query::query_error)?;
+        let subjects: Vec<String> = crate::api::query::json_rows(&batch)
+            .map_err(|e| ApiError::internal(&e))?
+            .into_iter()
+            .filter_map(|row| match row.into_iter().nth(subject_at) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s),
+                Some(other) => Some(other.to_string()),
+            })
+            .collect();
+        staging = tokio::task::spawn_blocking(move || staging.candidates(&subjects).map(|()| staging))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .map_err(|e| ApiError::internal(&e))?;
+    }
+    Ok(staging)
+}
+
+/// Versions between two evaluations read from the change feed at most;
+/// past that, a full evaluation.
+const MAX_CHANGED_VERSIONS: i64 = 64;
+
+/// For a rule that reads one dataset row by row (projections and filters of
+/// deterministic expressions, its subject the dataset's one-column key),
+/// the rows changed since the version it last saw, from Delta's change data
+/// feed: `(dataset, the rows as they were, the rows as they are)`. An error
+/// says why the rule reads all rows instead: joins, aggregates, sorts,
+/// limits, the current date, a replace among the versions, a table without
+/// the feed.
+async fn changed_rows(
+    state: &AppState,
+    rule: &Rule,
+    rule_state: &RuleState,
+    plan: &LogicalPlan,
+    versions: &BTreeMap<String, i64>,
+) -> Result<(String, Arc<dyn TableProvider>, Arc<dyn TableProvider>), String> {
+    let (dataset, &now) =
+        versions.iter().next().filter(|_| versions.len() == 1).ok_or("it reads more than one dataset")?;
+    let &before = rule_state.seen.get(dataset).ok_or("no version seen before")?;
+    if before < 1 || now <= before || now - before > MAX_CHANGED_VERSIONS {
+        return Err(format!("versions {before} to {now}"));
+    }
+    let d = state.catalog.store().dataset(dataset).await.map_err(|e| e.to_string())?;
+    let [key] = d.primary_key.as_slice() else { return Err("the dataset's key has several columns".into()) };
+    if !row_by_row(plan, &rule.def.subject_column, key) {
+        return Err("its query is not row by row over the dataset's key".into());
+    }
+    let store = state.catalog.store();
+    let delta = |v: gdx_catalog::model::Version| v.delta_version.ok_or("a version without a Delta commit");
+    let start = delta(store.version(dataset, before).await.map_err(|e| e.to_string())?)?;
+    let mut end = start;
+    for v in before + 1..=now {
+        let version = store.version(dataset, v).await.map_err(|e| e.to_string())?;
+        if !matches!(version.mode.as_str(), "append" | "upsert") {
+            return Err(format!("version {v} is a {}", version.mode));
+        }
+        end = delta(version)?;
+    }
+    let range = |v: i64| u64::try_from(v).map_err(|e| e.to_string());
+    let feed = state
+        .lake
+        .change_feed(&d, range(start + 1)?, range(end)?)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the table keeps no change data feed")?;
+    let ctx = datafusion::execution::context::SessionContext::new();
+    ctx.register_table("feed", feed).map_err(|e| e.to_string())?;
+    let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let columns = d.columns.iter().map(|c| q(&c.name)).collect::<Vec<_>>().join(", ");
+    // A key changed more than once counts as its last change.
+    let after = ctx
+        .sql(&format!(
+            "SELECT {columns} FROM (SELECT {columns}, row_number() OVER (PARTITION BY {} ORDER BY _commit_version DESC) \
+             AS __gdx_last FROM feed WHERE _change_type IN ('insert', 'update_postimage')) WHERE __gdx_last = 1",
+            q(key)
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let was = ctx
+        .sql(&format!("SELECT {columns} FROM feed WHERE _change_type IN ('update_preimage', 'delete')"))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((dataset.clone(), was.into_view(), after.into_view()))
+}
+
+/// Whether `plan` reads one table and maps each of its rows on its own
+/// (projections and filters of deterministic expressions), naming the
+/// subject by the table's key column unchanged.
+fn row_by_row(plan: &LogicalPlan, subject: &str, key: &str) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Expr, Volatility};
+    let mut scans = 0;
+    let mut ok = true;
+    let walked = plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::Projection(p) => {
+                // Whatever is called the key must be the key.
+                for (e, f) in p.expr.iter().zip(p.schema.fields()) {
+                    if f.name() == key && !matches!(e.clone().unalias(), Expr::Column(c) if c.name == key) {
+                        ok = false;
+                    }
+                }
+            }
+            LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) => {}
+            LogicalPlan::TableScan(_) => scans += 1,
+            _ => ok = false,
+        }
+        for e in node.expressions() {
+            let _ = e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x
+                    && f.func.signature().volatility != Volatility::Immutable
+                {
+                    ok = false;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+        }
+        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    let top_is_key = match plan {
+        LogicalPlan::Projection(p) => p
+            .expr
+            .iter()
+            .zip(p.schema.fields())
+            .any(|(e, f)| f.name() == subject && matches!(e.clone().unalias(), Expr::Column(c) if c.name == key)),
+        _ => false,
+    };
+    walked.is_ok() && ok && scans == 1 && top_is_key
 }
 
 /// A row as staged: its subject (a null subject names nobody), the
@@ -288,6 +485,48 @@ pub async fn evaluator(state: AppState) {
         tokio::select! {
             _ = state.push.evaluate.notified() => {}
             _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn plan(sql: &str) -> LogicalPlan {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let ctx = datafusion::execution::context::SessionContext::new();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+            Field::new("d", DataType::Date32, true),
+        ]));
+        let t = datafusion::datasource::MemTable::try_new(schema, vec![vec![]]).expect("table");
+        ctx.register_table("t", Arc::new(t)).expect("register");
+        ctx.register_table("u", ctx.table_provider("t").await.expect("t")).expect("register");
+        ctx.sql(sql).await.expect("plan").logical_plan().clone()
+    }
+
+    #[tokio::test]
+    async fn only_row_by_row_rules_over_the_key_read_changes() {
+        for (sql, want) in [
+            ("SELECT id, v FROM t WHERE v > 3", true),
+            ("SELECT x.id AS id, v * 2 AS w FROM t x WHERE upper(id) LIKE 'A%'", true),
+            ("SELECT id FROM (SELECT id, v FROM t WHERE v > 1) s WHERE v < 9", true),
+            // The subject is not the key, or the key is renamed.
+            ("SELECT v AS id FROM t", false),
+            ("SELECT id AS k FROM t", false),
+            // Time, chance, aggregates, joins, subqueries, sorts and limits see more than a row.
+            ("SELECT id FROM t WHERE d > current_date", false),
+            ("SELECT id FROM t WHERE random() < 0.5", false),
+            ("SELECT id, count(*) FROM t GROUP BY id", false),
+            ("SELECT DISTINCT id FROM t", false),
+            ("SELECT t.id FROM t JOIN u ON t.id = u.id", false),
+            ("SELECT id FROM t WHERE id IN (SELECT id FROM u)", false),
+            ("SELECT id FROM t ORDER BY v LIMIT 10", false),
+            ("SELECT id, row_number() OVER (ORDER BY v) FROM t", false),
+        ] {
+            assert_eq!(row_by_row(&plan(sql).await, "id", "id"), want, "{sql}");
         }
     }
 }

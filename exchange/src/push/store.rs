@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::{Rule, RuleDef, RuleState};
 
 /// Schema versions, applied in order; never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE rules (
         id          TEXT PRIMARY KEY,
         owner       TEXT NOT NULL,
@@ -75,7 +76,11 @@ const MIGRATIONS: &[&str] = &[r#"
     );
     CREATE INDEX deliveries_due ON deliveries(rule, next_attempt_at) WHERE state = 'pending';
     CREATE INDEX deliveries_rule ON deliveries(rule, event);
-"#];
+"#,
+    r#"
+    ALTER TABLE rule_state ADD COLUMN read TEXT;
+"#,
+];
 
 /// A push store error.
 #[derive(Debug, thiserror::Error)]
@@ -514,16 +519,17 @@ impl PushStore {
         let conn = Connection::open(&self.inner.path)?;
         configure(&conn)?;
         conn.execute_batch(
-            "CREATE TEMP TABLE staged (subject TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, data TEXT NOT NULL) WITHOUT ROWID",
+            "CREATE TEMP TABLE staged (subject TEXT PRIMARY KEY, fingerprint BLOB NOT NULL, data TEXT NOT NULL) WITHOUT ROWID; \
+             CREATE TEMP TABLE candidates (subject TEXT PRIMARY KEY) WITHOUT ROWID;",
         )?;
-        Ok(Staging { conn, rows: 0 })
+        Ok(Staging { conn, rows: 0, partial: None })
     }
 }
 
 fn rules_where(c: &Connection, condition: &str, params: impl rusqlite::Params) -> Result<Vec<RuleRow>> {
     let sql = format!(
         "SELECT r.id, r.owner, r.department, r.doc, r.secret, r.created_at, s.evaluations, s.seen, s.evaluated_at, \
-         s.status, s.error, s.matched, s.last_events, s.events FROM rules r JOIN rule_state s ON s.rule = r.id \
+         s.status, s.error, s.matched, s.last_events, s.events, s.read FROM rules r JOIN rule_state s ON s.rule = r.id \
          WHERE r.deleted_at IS NULL AND {condition} ORDER BY r.id"
     );
     let mut stmt = c.prepare_cached(&sql)?;
@@ -543,6 +549,7 @@ fn rules_where(c: &Connection, condition: &str, params: impl rusqlite::Params) -
             r.get::<_, Option<i64>>(11)?,
             r.get::<_, Option<i64>>(12)?,
             r.get::<_, i64>(13)?,
+            r.get::<_, Option<String>>(14)?,
         ))
     })?;
     let mut out = Vec::new();
@@ -562,6 +569,7 @@ fn rules_where(c: &Connection, condition: &str, params: impl rusqlite::Params) -
             matched,
             last,
             events,
+            read,
         ) = row?;
         let def: RuleDef = decode("rule", &doc)?;
         let state = RuleState {
@@ -573,6 +581,7 @@ fn rules_where(c: &Connection, condition: &str, params: impl rusqlite::Params) -
             matched,
             last_events: last,
             events,
+            read,
         };
         out.push((Rule { id, owner, department, def, created_at }, state, secret));
     }
@@ -583,6 +592,8 @@ fn rules_where(c: &Connection, condition: &str, params: impl rusqlite::Params) -
 pub struct Staging {
     conn: Connection,
     rows: u64,
+    /// For an evaluation of changed rows only: the subjects matching before it.
+    partial: Option<i64>,
 }
 
 impl std::fmt::Debug for Staging {
@@ -644,6 +655,27 @@ impl Staging {
     /// declines to (the first evaluation without backfill). With
     /// `max_per_day`, a subject that had that many events of the rule on
     /// `day` gets none and its state stays, so the change is pushed later.
+    /// Makes this an evaluation of the rows a commit changed: subjects not
+    /// staged keep their state, and only `candidates` (subjects the changed
+    /// rows matched before) that are not staged stop matching. `matched` is
+    /// the count before.
+    pub fn partial(&mut self, matched: i64) {
+        self.partial = Some(matched);
+    }
+
+    /// Records subjects the changed rows matched before the change.
+    pub fn candidates(&mut self, subjects: &[String]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO temp.candidates (subject) VALUES (?1)")?;
+            for s in subjects {
+                stmt.execute(params![s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn commit(
         mut self,
@@ -656,15 +688,14 @@ impl Staging {
         mut event: impl FnMut(&str, &str) -> Option<NewEvent>,
     ) -> Result<Evaluated> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut out = Evaluated {
-            matched: tx.query_row("SELECT count(*) FROM temp.staged", [], |r| r.get(0))?,
-            ..Default::default()
-        };
+        let staged: u64 = tx.query_row("SELECT count(*) FROM temp.staged", [], |r| r.get(0))?;
+        let mut out = Evaluated { matched: staged, ..Default::default() };
+        let mut added = 0i64;
         let at_s = ts(&at);
         let now_ms = at.timestamp_millis();
         {
             let mut changed = tx.prepare(
-                "SELECT s.subject, s.fingerprint, s.data FROM temp.staged s \
+                "SELECT s.subject, s.fingerprint, s.data, r.fingerprint IS NULL FROM temp.staged s \
                  LEFT JOIN main.rule_subjects r ON r.rule = ?1 AND r.subject = s.subject \
                  WHERE r.fingerprint IS NULL OR r.fingerprint != s.fingerprint",
             )?;
@@ -685,6 +716,7 @@ impl Staging {
                 let subject: String = r.get(0)?;
                 let fp: Vec<u8> = r.get(1)?;
                 let data: String = r.get(2)?;
+                let new: bool = r.get(3)?;
                 out.changed += 1;
                 if let Some(max) = max_per_day {
                     let n: i64 = count_today.query_row(params![rule, subject, day], |r| r.get(0))?;
@@ -701,18 +733,37 @@ impl Staging {
                     out.events += 1;
                 }
                 upsert.execute(params![rule, subject, fp])?;
+                added += i64::from(new);
             }
         }
-        out.gone = tx.execute(
-            "DELETE FROM main.rule_subjects WHERE rule = ?1 AND NOT EXISTS \
-             (SELECT 1 FROM temp.staged s WHERE s.subject = rule_subjects.subject)",
-            params![rule],
-        )? as u64;
+        out.gone = match self.partial {
+            None => tx.execute(
+                "DELETE FROM main.rule_subjects WHERE rule = ?1 AND NOT EXISTS \
+                 (SELECT 1 FROM temp.staged s WHERE s.subject = rule_subjects.subject)",
+                params![rule],
+            )?,
+            Some(_) => tx.execute(
+                "DELETE FROM main.rule_subjects WHERE rule = ?1 \
+                 AND subject IN (SELECT subject FROM temp.candidates) \
+                 AND subject NOT IN (SELECT subject FROM temp.staged)",
+                params![rule],
+            )?,
+        } as u64;
+        if let Some(before) = self.partial {
+            out.matched = u64::try_from(before + added - out.gone as i64).unwrap_or(0);
+        }
         let seen = serde_json::to_string(seen).map_err(|source| StoreError::Decode { what: "versions", source })?;
         tx.execute(
             "UPDATE rule_state SET evaluations = evaluations + 1, seen = ?2, evaluated_at = ?3, status = 'ok', \
-             error = NULL, matched = ?4, last_events = ?5, events = events + ?5 WHERE rule = ?1",
-            params![rule, seen, at_s, out.matched as i64, out.events as i64],
+             error = NULL, matched = ?4, last_events = ?5, events = events + ?5, read = ?6 WHERE rule = ?1",
+            params![
+                rule,
+                seen,
+                at_s,
+                out.matched as i64,
+                out.events as i64,
+                if self.partial.is_some() { "changes" } else { "all" }
+            ],
         )?;
         tx.commit()?;
         Ok(out)
