@@ -43,6 +43,8 @@ pub struct Config {
     pub webhook_timeout_secs: u64,
     /// Seconds before each retry of a failed delivery; once spent, the delivery is dead-lettered.
     pub webhook_retry_secs: Vec<u64>,
+    /// Days push events and their deliveries are kept once settled (0: for ever).
+    pub push_retention_days: u64,
     /// Departments whose auditors see every department's records.
     pub supervisor_departments: Vec<String>,
     /// The platform secret (keyed-hash masks, audit checkpoints), kept outside the data directory.
@@ -90,6 +92,7 @@ impl Default for Config {
             webhook_allow_private: false,
             webhook_timeout_secs: 10,
             webhook_retry_secs: vec![5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600],
+            push_retention_days: 90,
             supervisor_departments: Vec::new(),
             secret_key_file: None,
             log_format: LogFormat::Text,
@@ -229,6 +232,11 @@ impl Config {
         if self.webhook_retry_secs.len() > 20 || self.webhook_retry_secs.iter().any(|s| *s > 7 * 24 * 3600) {
             return Err(Error::Config {
                 message: "webhook_retry_secs holds at most 20 delays of at most a week each".into(),
+            });
+        }
+        if self.push_retention_days > 36_500 {
+            return Err(Error::Config {
+                message: "push_retention_days must be at most 36500 (0 keeps events for ever)".into(),
             });
         }
         if !(1..=300).contains(&self.webhook_timeout_secs) {

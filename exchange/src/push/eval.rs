@@ -322,6 +322,10 @@ async fn changed_rows(
     plan: &LogicalPlan,
     versions: &BTreeMap<String, i64>,
 ) -> Result<(String, Arc<dyn TableProvider>, Arc<dyn TableProvider>), String> {
+    if rule.def.max_per_subject.is_some() {
+        // A change held for a later day is found again only by reading all rows.
+        return Err("max_per_subject holds changes for later".into());
+    }
     let (dataset, &now) =
         versions.iter().next().filter(|_| versions.len() == 1).ok_or("it reads more than one dataset")?;
     let &before = rule_state.seen.get(dataset).ok_or("no version seen before")?;
@@ -455,6 +459,9 @@ async fn due(
     }
 }
 
+/// How often settled events past their retention are removed.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Longest the evaluator sleeps without a wake-up.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -463,7 +470,17 @@ const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 /// compared with what each rule last saw, so commits made while the server
 /// was down are evaluated after a restart.
 pub async fn evaluator(state: AppState) {
+    let mut pruned: Option<tokio::time::Instant> = None;
     loop {
+        if state.config.push_retention_days > 0 && pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            pruned = Some(tokio::time::Instant::now());
+            let before = Utc::now() - chrono::Duration::days(state.config.push_retention_days as i64);
+            match state.push.store.prune(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "settled push events past their retention removed"),
+                Err(e) => tracing::error!(error = %e, "push events cannot be pruned"),
+            }
+        }
         let now = Utc::now();
         let mut wake = tokio::time::Instant::now() + IDLE;
         match state.push.store.rules(None).await {

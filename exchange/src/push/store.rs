@@ -345,6 +345,27 @@ impl PushStore {
         .await
     }
 
+    /// Removes events created before `before` whose delivery is settled
+    /// (delivered, dead or cancelled) or that had none, with their
+    /// deliveries; the events removed.
+    pub async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let cutoff = ts(&before);
+        self.write(move |tx| {
+            // Events are numbered in time order: the last one old enough bounds the scan.
+            let last: Option<i64> =
+                tx.query_row("SELECT max(seq) FROM events WHERE created_at < ?1", params![cutoff], |r| r.get(0))?;
+            let Some(last) = last else { return Ok(0) };
+            tx.execute("DELETE FROM deliveries WHERE event <= ?1 AND state != 'pending'", params![last])?;
+            let n = tx.execute(
+                "DELETE FROM events WHERE seq <= ?1 AND created_at < ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event = events.seq)",
+                params![last, cutoff],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
     /// Records a failed evaluation (the state's subjects stay as they were).
     pub async fn record_failure(
         &self,
@@ -767,5 +788,109 @@ impl Staging {
         )?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::push::Trigger;
+
+    fn rule(id: &str) -> Rule {
+        Rule {
+            id: id.into(),
+            owner: "sv".into(),
+            department: Some("renshe".into()),
+            def: RuleDef {
+                name: id.into(),
+                sql: "SELECT 1 AS k".into(),
+                subject_column: "k".into(),
+                message: None,
+                trigger: Trigger::OnChange(vec!["gongan.people".into()]),
+                webhook_url: Some("https://svc.example/hook".into()),
+                purpose: "test".into(),
+                backfill: true,
+                max_per_subject: None,
+            },
+            created_at: Utc::now(),
+        }
+    }
+
+    async fn evaluate(
+        store: &PushStore,
+        rows: &[(&str, u8)],
+        partial: Option<(i64, &[&str])>,
+        at: DateTime<Utc>,
+    ) -> Evaluated {
+        let store = store.clone();
+        let rows: Vec<(String, [u8; 16], String)> =
+            rows.iter().map(|(s, fp)| (s.to_string(), [*fp; 16], format!("{{\"k\":\"{s}\"}}"))).collect();
+        let partial = partial.map(|(m, c)| (m, c.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+        tokio::task::spawn_blocking(move || {
+            let mut staging = store.staging().expect("staging");
+            staging.stage(&rows).expect("stage");
+            if let Some((matched, candidates)) = partial {
+                staging.candidates(&candidates).expect("candidates");
+                staging.partial(matched);
+            }
+            let mut n = 0;
+            staging
+                .commit("r1", &BTreeMap::new(), at, "2026-12-01", true, None, |_, _| {
+                    n += 1;
+                    Some(NewEvent { id: format!("evt_{}_{n}", at.timestamp_millis()), body: "{}".into() })
+                })
+                .expect("commit")
+        })
+        .await
+        .expect("join")
+    }
+
+    #[tokio::test]
+    async fn partial_commits_touch_only_changed_subjects_and_settled_events_expire() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = PushStore::open(&dir.path().join("push.db")).expect("open");
+        store.create_rule(rule("r1"), None).await.expect("rule");
+        let old = Utc::now() - chrono::Duration::days(100);
+        let e = evaluate(&store, &[("a", 1), ("b", 1), ("c", 1)], None, old).await;
+        assert_eq!((e.matched, e.events, e.gone), (3, 3, 0));
+        // Changed rows only: b changed, d is new, c may have stopped matching
+        // (a candidate, not staged), a is untouched and stays.
+        let e = evaluate(&store, &[("b", 2), ("d", 1)], Some((3, &["b", "c"])), Utc::now()).await;
+        assert_eq!((e.matched, e.changed, e.events, e.gone), (3, 2, 2, 1));
+        let state = store.rule("r1").await.expect("read").expect("rule").1;
+        assert_eq!((state.matched, state.read.as_deref()), (Some(3), Some("changes")));
+        // A full evaluation agrees: a, b, d match.
+        let e = evaluate(&store, &[("a", 1), ("b", 2), ("d", 1)], None, Utc::now()).await;
+        assert_eq!((e.matched, e.events, e.gone), (3, 0, 0));
+
+        // Retention: of the three old events, the delivered and the dead go; the pending one stays.
+        let due = store.due("r1", Utc::now(), 10, Default::default()).await.expect("due");
+        assert_eq!(due.len(), 5);
+        let old_seqs: Vec<i64> = due
+            .iter()
+            .filter(|d| d.id.starts_with(&format!("evt_{}", old.timestamp_millis())))
+            .map(|d| d.seq)
+            .collect();
+        assert_eq!(old_seqs.len(), 3);
+        let attempt = |seq, delivered, retry_at| Attempt {
+            seq,
+            at: Utc::now(),
+            status: Some(if delivered { 204 } else { 500 }),
+            error: None,
+            delivered,
+            retry_at,
+        };
+        store
+            .record_attempts(vec![
+                attempt(old_seqs[0], true, None),
+                attempt(old_seqs[1], false, None),
+                attempt(old_seqs[2], false, Some(Utc::now())),
+            ])
+            .await
+            .expect("attempts");
+        assert_eq!(store.prune(Utc::now() - chrono::Duration::days(90)).await.expect("prune"), 2);
+        let left = store.events("r1", 0, 100).await.expect("events");
+        assert_eq!(left.len(), 3, "the pending old event and the two recent ones");
+        assert_eq!(store.prune(Utc::now() - chrono::Duration::days(90)).await.expect("prune"), 0);
     }
 }
