@@ -1,5 +1,5 @@
-//! `gdx rule ...`: push rules from the command line (their owner: a service
-//! or an analyst).
+//! `gdx rule ...`: push rules from the command line, as their owner (a
+//! service).
 
 use std::path::PathBuf;
 
@@ -14,44 +14,7 @@ use super::{Client, print_list, print_object};
 #[derive(Debug, Subcommand)]
 pub enum RuleCmd {
     /// Register a rule, from flags or from a `.toml`/`.json` definition (`--file`).
-    Add {
-        /// A definition file with the fields of `POST /api/v1/push/rules`; flags given as well override it.
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// A name, unique among the caller's rules.
-        #[arg(long)]
-        name: Option<String>,
-        /// Governed SQL; each row names a subject.
-        #[arg(long)]
-        sql: Option<String>,
-        /// The column naming the subject (resident ID, credit code).
-        #[arg(long)]
-        subject_column: Option<String>,
-        /// The message, `{{column}}` filled from the subject's row.
-        #[arg(long)]
-        message: Option<String>,
-        /// Evaluate after each commit of these datasets (comma-separated).
-        #[arg(long, value_delimiter = ',', conflicts_with = "schedule")]
-        on_change: Option<Vec<String>>,
-        /// Evaluate on a five-field cron schedule in Asia/Shanghai, e.g. `0 8 * * *`.
-        #[arg(long)]
-        schedule: Option<String>,
-        /// Where events are sent (without one they are only pulled).
-        #[arg(long, requires = "webhook_secret")]
-        webhook_url: Option<String>,
-        /// The webhook's signing secret (`whsec_<base64>` or any text).
-        #[arg(long, env = "GDX_WEBHOOK_SECRET", hide_env_values = true)]
-        webhook_secret: Option<String>,
-        /// Why the data is used.
-        #[arg(long)]
-        purpose: Option<String>,
-        /// Do not push subjects that already match at the first evaluation.
-        #[arg(long)]
-        no_backfill: bool,
-        /// Events per subject per day at most.
-        #[arg(long)]
-        max_per_subject: Option<u32>,
-    },
+    Add(AddArgs),
     /// The caller's rules.
     List {
         /// Token of the next page.
@@ -104,26 +67,69 @@ pub enum RuleCmd {
     },
 }
 
+/// What `gdx rule add` registers.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// A definition file with the fields of `POST /api/v1/push/rules`; flags given as well override it.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// A name, unique among the caller's rules.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Governed SQL; each row names a subject.
+    #[arg(long)]
+    pub sql: Option<String>,
+    /// The column naming the subject (resident ID, credit code).
+    #[arg(long)]
+    pub subject_column: Option<String>,
+    /// The message, `{{column}}` filled from the subject's row.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Evaluate after each commit of these datasets (comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with = "schedule")]
+    pub on_change: Option<Vec<String>>,
+    /// Evaluate on a five-field cron schedule in Asia/Shanghai, e.g. `0 8 * * *`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Where events are sent (without one they are only pulled).
+    #[arg(long, requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    /// The webhook's signing secret (`whsec_<base64>` or any text).
+    #[arg(long, env = "GDX_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Why the data is used.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Do not push subjects that already match at the first evaluation.
+    #[arg(long)]
+    pub no_backfill: bool,
+    /// Events per subject per day at most.
+    #[arg(long)]
+    pub max_per_subject: Option<u32>,
+}
+
 fn path(id: &str, action: &str) -> String {
     let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
     format!("/api/v1/push/rules/{id}{action}")
 }
 
 /// The body of `POST /api/v1/push/rules`: the file's fields, then the flags given.
-#[allow(clippy::too_many_arguments)]
-fn definition(
-    file: Option<PathBuf>,
-    name: Option<String>,
-    sql: Option<String>,
-    subject_column: Option<String>,
-    message: Option<String>,
-    on_change: Option<Vec<String>>,
-    schedule: Option<String>,
-    webhook: Option<(String, Option<String>)>,
-    purpose: Option<String>,
-    no_backfill: bool,
-    max_per_subject: Option<u32>,
-) -> anyhow::Result<Value> {
+fn definition(args: AddArgs) -> anyhow::Result<Value> {
+    let AddArgs {
+        file,
+        name,
+        sql,
+        subject_column,
+        message,
+        on_change,
+        schedule,
+        webhook_url,
+        webhook_secret,
+        purpose,
+        no_backfill,
+        max_per_subject,
+    } = args;
+    let webhook = webhook_url.map(|u| (u, webhook_secret));
     let mut body = match &file {
         Some(f) => super::read_definition(f)?,
         None => json!({}),
@@ -201,33 +207,8 @@ fn summary(v: &Value) -> Vec<(String, String)> {
 /// Runs a `gdx rule` command.
 pub async fn run(client: &Client, cmd: RuleCmd, as_json: bool) -> anyhow::Result<()> {
     match cmd {
-        RuleCmd::Add {
-            file,
-            name,
-            sql,
-            subject_column,
-            message,
-            on_change,
-            schedule,
-            webhook_url,
-            webhook_secret,
-            purpose,
-            no_backfill,
-            max_per_subject,
-        } => {
-            let body = definition(
-                file,
-                name,
-                sql,
-                subject_column,
-                message,
-                on_change,
-                schedule,
-                webhook_url.map(|u| (u, webhook_secret)),
-                purpose,
-                no_backfill,
-                max_per_subject,
-            )?;
+        RuleCmd::Add(args) => {
+            let body = definition(args)?;
             let v = client.post("/api/v1/push/rules", &body).await?;
             if as_json {
                 print_object(&v, true);
@@ -355,6 +336,23 @@ pub async fn run(client: &Client, cmd: RuleCmd, as_json: bool) -> anyhow::Result
 mod tests {
     use super::*;
 
+    fn args() -> AddArgs {
+        AddArgs {
+            file: None,
+            name: None,
+            sql: None,
+            subject_column: None,
+            message: None,
+            on_change: None,
+            schedule: None,
+            webhook_url: None,
+            webhook_secret: None,
+            purpose: None,
+            no_backfill: false,
+            max_per_subject: None,
+        }
+    }
+
     #[test]
     fn flags_override_the_file_and_a_missing_field_is_named() {
         let dir = tempfile::tempdir().expect("dir");
@@ -365,19 +363,16 @@ mod tests {
              [trigger]\nschedule = \"0 8 * * *\"\n",
         )
         .expect("write");
-        let body = definition(
-            Some(file),
-            Some("renamed".into()),
-            None,
-            None,
-            None,
-            Some(vec!["gongan.population".into()]),
-            None,
-            Some(("https://svc.example/hook".into(), Some("s3cret".into()))),
-            None,
-            true,
-            Some(2),
-        )
+        let body = definition(AddArgs {
+            file: Some(file),
+            name: Some("renamed".into()),
+            on_change: Some(vec!["gongan.population".into()]),
+            webhook_url: Some("https://svc.example/hook".into()),
+            webhook_secret: Some("s3cret".into()),
+            no_backfill: true,
+            max_per_subject: Some(2),
+            ..args()
+        })
         .expect("definition");
         assert_eq!(
             body,
@@ -386,23 +381,10 @@ mod tests {
                    "webhook": {"url": "https://svc.example/hook", "secret": "s3cret"},
                    "backfill": false, "max_per_subject": 2})
         );
-        let err = definition(None, Some("r".into()), None, None, None, None, None, None, None, false, None)
-            .expect_err("incomplete");
+        let err = definition(AddArgs { name: Some("r".into()), ..args() }).expect_err("incomplete");
         assert!(err.to_string().contains("sql, subject_column, trigger, purpose"), "{err}");
-        let err = definition(
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            Some(("https://svc.example/hook".into(), None)),
-            None,
-            false,
-            None,
-        )
-        .expect_err("no secret");
+        let err = definition(AddArgs { webhook_url: Some("https://svc.example/hook".into()), ..args() })
+            .expect_err("no secret");
         assert!(err.to_string().contains("--webhook-secret"), "{err}");
     }
 }

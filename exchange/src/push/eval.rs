@@ -233,6 +233,18 @@ async fn frame(
     crate::api::query::governed_frame(state, owner, sql, sources).await
 }
 
+/// Starts `df`, within the evaluation's deadline.
+async fn execute(
+    df: datafusion::dataframe::DataFrame,
+    deadline: tokio::time::Instant,
+    too_long: &impl Fn() -> ApiError,
+) -> Result<datafusion::execution::SendableRecordBatchStream, ApiError> {
+    tokio::time::timeout_at(deadline, crate::query::execute(df))
+        .await
+        .map_err(|_| too_long())?
+        .map_err(crate::api::query::query_error)
+}
+
 /// Streams the answer of `df` into `staging`, a subject per row.
 async fn stage(
     df: datafusion::dataframe::DataFrame,
@@ -242,10 +254,7 @@ async fn stage(
     deadline: tokio::time::Instant,
     too_long: &impl Fn() -> ApiError,
 ) -> Result<super::store::Staging, ApiError> {
-    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
-        .await
-        .map_err(|_| too_long())?
-        .map_err(crate::api::query::query_error)?;
+    let mut stream = execute(df, deadline, too_long).await?;
     let mut pending = Vec::with_capacity(STAGE_ROWS);
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())?;
@@ -281,10 +290,7 @@ async fn candidates(
     deadline: tokio::time::Instant,
     too_long: &impl Fn() -> ApiError,
 ) -> Result<super::store::Staging, ApiError> {
-    let mut stream = tokio::time::timeout_at(deadline, crate::query::execute(df))
-        .await
-        .map_err(|_| too_long())?
-        .map_err(crate::api::query::query_error)?;
+    let mut stream = execute(df, deadline, too_long).await?;
     while let Some(batch) = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| too_long())? {
         let batch = batch.map_err(crate::api::query::query_error)?;
         let subjects: Vec<String> = crate::api::query::json_rows(&batch)
