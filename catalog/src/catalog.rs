@@ -85,8 +85,13 @@ impl Catalog {
             })
         });
         let secret = token::new_secret();
-        let new_token =
-            NewToken { id: token::new_id("tok_"), principal: id.clone(), hash: token::hash(&secret), expires_at: None };
+        let new_token = NewToken {
+            id: token::new_id("tok_"),
+            principal: id.clone(),
+            hash: token::hash(&secret),
+            expires_at: None,
+            certificate: None,
+        };
         let principal =
             Principal { id, name, department: Some(department), kind, roles, disabled: false, created_at: now() };
         let (principal, info) = self.store.create_principal(principal, new_token).await?;
@@ -120,9 +125,74 @@ impl Catalog {
                 principal: principal.to_string(),
                 hash: token::hash(&secret),
                 expires_at,
+                certificate: None,
             })
             .await?;
         Ok(IssuedToken { info, token: secret })
+    }
+
+    /// Registers a client certificate for a principal: the answer is the
+    /// credential, revoked like a token.
+    pub async fn add_certificate(&self, principal: &str, input: NewCertificate) -> Result<TokenInfo> {
+        let what = match (input.fingerprint.as_deref(), input.subject.as_deref()) {
+            (Some(f), None) => {
+                let hex: String = f.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(Error::invalid("fingerprint", "must be the 64 hex digits of a SHA-256"));
+                }
+                format!("sha256:{}", hex.to_ascii_lowercase())
+            }
+            (None, Some(s)) => {
+                let s = s.trim();
+                if s.is_empty() || s.chars().count() > 255 || s.chars().any(char::is_control) {
+                    return Err(Error::invalid("subject", "must be a common name of 1 to 255 printable characters"));
+                }
+                format!("subject:{s}")
+            }
+            _ => return Err(Error::invalid("fingerprint", "give exactly one of fingerprint and subject")),
+        };
+        if let Some(t) = input.expires_at
+            && t <= Utc::now()
+        {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+        self.store
+            .create_token(NewToken {
+                id: token::new_id("crt_"),
+                principal: principal.to_string(),
+                hash: token::certificate_hash(&what),
+                expires_at: input.expires_at,
+                certificate: Some(what),
+            })
+            .await
+    }
+
+    /// The principal a verified client certificate stands for: the one its
+    /// fingerprint is registered for, else the one its subject is.
+    pub async fn authenticate_certificate(
+        &self,
+        fingerprint: &str,
+        subject: Option<&str>,
+    ) -> Result<Option<(Principal, TokenInfo)>> {
+        let by_subject = subject.map(|s| format!("subject:{s}"));
+        for what in std::iter::once(format!("sha256:{fingerprint}")).chain(by_subject) {
+            if let Some(found) = self.live(token::certificate_hash(&what)).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The principal of a credential, if it is live and its principal enabled.
+    async fn live(&self, hash: crate::store::TokenHash) -> Result<Option<(Principal, TokenInfo)>> {
+        let Some((principal, info)) = self.store.authenticate(hash).await? else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        if info.revoked_at.is_some() || info.expires_at.is_some_and(|t| t <= now) || principal.disabled {
+            return Ok(None);
+        }
+        Ok(Some((principal, info)))
     }
 
     /// The principal a bearer secret stands for, if the token is known, live and its principal enabled.
@@ -131,14 +201,7 @@ impl Catalog {
         if !(16..=512).contains(&secret.len()) {
             return Ok(None);
         }
-        let Some((principal, info)) = self.store.authenticate(token::hash(secret)).await? else {
-            return Ok(None);
-        };
-        let now = Utc::now();
-        if info.revoked_at.is_some() || info.expires_at.is_some_and(|t| t <= now) || principal.disabled {
-            return Ok(None);
-        }
-        Ok(Some((principal, info)))
+        self.live(token::hash(secret)).await
     }
 
     /// Makes sure the bootstrap administrator exists and holds `secret` as its configured token.
@@ -157,6 +220,7 @@ impl Catalog {
             principal: ADMIN_ID.into(),
             hash: token::hash(secret),
             expires_at: None,
+            certificate: None,
         };
         self.store.ensure_admin(admin, Some(token)).await
     }

@@ -292,6 +292,20 @@ pub struct PrincipalPatch {
     pub disabled: Option<bool>,
 }
 
+/// Input of `POST /api/v1/principals/{id}/certificates`: a client
+/// certificate that authenticates as the principal over mutual TLS, known by
+/// its fingerprint or by its subject's common name (exactly one of them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCertificate {
+    /// SHA-256 of the certificate (DER), hex, colons allowed: that one certificate.
+    pub fingerprint: Option<String>,
+    /// The subject common name (CN): any certificate of the client CA issued to that name.
+    pub subject: Option<String>,
+    /// When the binding stops working (RFC 3339).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// A bearer token's metadata (the secret is shown once and stored hashed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
@@ -305,6 +319,10 @@ pub struct TokenInfo {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// For a client-certificate credential, what the certificate is known by:
+    /// `sha256:<fingerprint>` or `subject:<common name>`; absent for a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// An information item: one column of a dataset.

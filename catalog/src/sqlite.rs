@@ -154,6 +154,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX feedback_department ON feedback(department, created_at);
     CREATE INDEX feedback_open ON feedback(due_at) WHERE status = 'open';
     "#,
+    // 5: a credential may stand for a client certificate (mutual TLS) instead of a bearer secret.
+    r#"
+    ALTER TABLE tokens ADD COLUMN certificate TEXT;
+    "#,
 ];
 
 /// Readers kept open beside the writer.
@@ -419,7 +423,7 @@ fn principal_row(r: &Row<'_>) -> rusqlite::Result<Principal> {
     })
 }
 
-const TOKEN_COLS: &str = "t.id, t.principal, t.created_at, t.expires_at, t.revoked_at";
+const TOKEN_COLS: &str = "t.id, t.principal, t.created_at, t.expires_at, t.revoked_at, t.certificate";
 
 fn token_row(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenInfo> {
     Ok(TokenInfo {
@@ -428,6 +432,7 @@ fn token_row(r: &Row<'_>, at: usize) -> rusqlite::Result<TokenInfo> {
         created_at: parse_ts(&r.get::<_, String>(at + 2)?)?,
         expires_at: parse_opt_ts(r.get(at + 3)?)?,
         revoked_at: parse_opt_ts(r.get(at + 4)?)?,
+        certificate: r.get(at + 5)?,
     })
 }
 
@@ -672,8 +677,8 @@ fn insert_token(tx: &Connection, t: &NewToken, now: &DateTime<Utc>) -> Result<To
         return Err(Error::Conflict { kind: "token", field: "id", value: t.id.clone() });
     }
     tx.execute(
-        "INSERT INTO tokens (id, principal, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![t.id, t.principal, &t.hash[..], ts(now), t.expires_at.as_ref().map(ts)],
+        "INSERT INTO tokens (id, principal, hash, created_at, expires_at, certificate) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![t.id, t.principal, &t.hash[..], ts(now), t.expires_at.as_ref().map(ts), t.certificate],
     )?;
     get_token(tx, &t.id)
 }

@@ -136,6 +136,8 @@ pub struct NewToken {
     pub hash: TokenHash,
     /// Optional expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The client certificate it stands for (`sha256:<hex>` or `subject:<CN>`), if not a bearer secret.
+    pub certificate: Option<String>,
 }
 
 /// A dataset's policy as stored: the document the API took, and who set it when.

@@ -45,7 +45,7 @@ use error::ApiError;
         system::healthz, system::metrics, system::openapi, me::me,
         departments::create, departments::list, departments::get,
         principals::create, principals::list, principals::get, principals::update,
-        principals::create_token, principals::list_tokens, principals::revoke_token,
+        principals::create_token, principals::list_tokens, principals::revoke_token, principals::add_certificate,
         datasets::create, datasets::search, datasets::get, datasets::update, datasets::versions,
         versions::push, versions::rejects, versions::maintain,
         policy::get, policy::set, query::query, grants::list, grants::revoke,
@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/principals", post(principals::create).get(principals::list))
         .route("/api/v1/principals/{id}", get(principals::get).patch(principals::update))
         .route("/api/v1/principals/{id}/tokens", post(principals::create_token).get(principals::list_tokens))
+        .route("/api/v1/principals/{id}/certificates", post(principals::add_certificate))
         .route("/api/v1/tokens/{id}", delete(principals::revoke_token))
         .route("/api/v1/datasets", post(datasets::create).get(datasets::search))
         .route("/api/v1/datasets/{id}", get(datasets::get).patch(datasets::update))

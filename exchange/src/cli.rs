@@ -44,14 +44,50 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// How the client checks an HTTPS server and proves itself to it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTls {
+    /// CA certificate (PEM) the server's certificate must chain to, instead of the system's roots.
+    #[arg(long, global = true, env = "GDX_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with --client-key.
+    #[arg(long, global = true, env = "GDX_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "GDX_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        Self::with_tls(base, token, &ClientTls::default())
+    }
+
+    /// A client of the server at `base` that trusts `tls.ca_cert` and, with a
+    /// client certificate, authenticates by it where no token is given.
+    pub fn with_tls(base: &str, token: Option<String>, tls: &ClientTls) -> anyhow::Result<Self> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(60))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60));
+        if let Some(path) = &tls.ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            // As curl's --cacert: these roots, not the system's.
+            builder = builder.tls_certs_only(
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", path.display()))?,
+            );
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            let mut pem =
+                std::fs::read(cert).with_context(|| format!("reading the client certificate {}", cert.display()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).with_context(|| format!("reading the client key {}", key.display()))?);
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!("{} and {} are not a PEM certificate and key", cert.display(), key.display())
+            })?;
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self { http, base: base.trim_end_matches('/').to_string(), token })
     }
 

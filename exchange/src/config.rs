@@ -37,6 +37,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// CA whose client certificates are accepted (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (behind a
+    /// TLS-terminating proxy on a closed network, say).
+    pub insecure_http: bool,
     /// Let push rules target loopback and private addresses.
     pub webhook_allow_private: bool,
     /// Seconds a webhook receiver has to answer one delivery.
@@ -89,6 +92,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            insecure_http: false,
             webhook_allow_private: false,
             webhook_timeout_secs: 10,
             webhook_retry_secs: vec![5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600],
@@ -134,6 +138,9 @@ pub struct ServeArgs {
     /// CA of accepted client certificates.
     #[arg(long, env = "GDX_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback.
+    #[arg(long, env = "GDX_INSECURE_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_http: Option<bool>,
     /// Let push rules target loopback and private addresses.
     #[arg(long, env = "GDX_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: Option<bool>,
@@ -190,6 +197,7 @@ impl Config {
         flag!(
             data_dir,
             listen,
+            insecure_http,
             webhook_allow_private,
             log_format,
             max_push_bytes,
@@ -222,12 +230,27 @@ impl Config {
         {
             return Err(Error::Config { message: "GDX_ADMIN_TOKEN must be at least 16 characters".into() });
         }
-        if self.tls_cert.is_some() || self.tls_key.is_some() || self.client_ca.is_some() {
-            return Err(Error::Config {
-                message: "HTTPS is not available in this version of gdx serve; remove tls_cert, tls_key and client_ca \
-                          (or serve behind a TLS-terminating proxy on loopback)"
-                    .into(),
-            });
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::Config {
+                    message: "tls_cert and tls_key go together: give both, or neither".into(),
+                });
+            }
+            (None, None) if self.client_ca.is_some() => {
+                return Err(Error::Config {
+                    message: "client_ca needs HTTPS: give tls_cert and tls_key as well".into(),
+                });
+            }
+            (None, None) if !self.listen.ip().is_loopback() && !self.insecure_http => {
+                return Err(Error::Config {
+                    message: format!(
+                        "refusing plain HTTP on {}, which is not a loopback address: give tls_cert and tls_key \
+                         (gdx certs init makes them), or --insecure-http behind a TLS-terminating proxy",
+                        self.listen
+                    ),
+                });
+            }
+            _ => {}
         }
         if self.webhook_retry_secs.len() > 20 || self.webhook_retry_secs.iter().any(|s| *s > 7 * 24 * 3600) {
             return Err(Error::Config {
@@ -268,5 +291,19 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("lisen = \"127.0.0.1:1\"").is_err());
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_and_half_tls_settings_are_refused() {
+        let with = |text: &str| toml::from_str::<Config>(text).expect("parses").check();
+        assert!(with("").is_ok());
+        assert!(with("listen = \"[::1]:8080\"").is_ok());
+        let open = with("listen = \"0.0.0.0:8080\"").expect_err("plain HTTP on all addresses").to_string();
+        assert!(open.contains("--insecure-http"), "{open}");
+        assert!(with("listen = \"0.0.0.0:8080\"\ninsecure_http = true").is_ok());
+        assert!(with("listen = \"0.0.0.0:8080\"\ntls_cert = \"s.pem\"\ntls_key = \"s.key\"").is_ok());
+        assert!(with("tls_cert = \"s.pem\"").is_err());
+        assert!(with("tls_key = \"s.key\"").is_err());
+        assert!(with("client_ca = \"ca.pem\"").is_err());
     }
 }

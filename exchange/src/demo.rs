@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::json;
 
-use crate::cli::Client;
+use crate::cli::{Client, ClientTls};
 use crate::config::Config;
 use crate::datagen::{self, Kind, OutputFormat, Params};
 
@@ -41,6 +41,22 @@ pub struct DemoArgs {
     /// Do not run the built-in webhook receiver that prints the demo's pushes.
     #[arg(long)]
     pub no_receiver: bool,
+    /// Serve plain HTTP instead of HTTPS with the demo's own certificates.
+    #[arg(long)]
+    pub no_tls: bool,
+}
+
+/// The demo's server as its clients reach it.
+#[derive(Debug, Clone)]
+struct Server {
+    url: String,
+    tls: ClientTls,
+}
+
+impl Server {
+    fn client(&self, token: Option<String>) -> anyhow::Result<Client> {
+        Client::with_tls(&self.url, token, &self.tls)
+    }
 }
 
 /// The departments of the demo city: id, name, organisation code stem.
@@ -63,6 +79,10 @@ const DATASETS: &[(&str, Kind, u64)] = &[
 ];
 
 const TOKENS_FILE: &str = "demo-tokens.json";
+/// The demo's CA, server certificate and the client certificate of renshe_service.
+const CERTS_DIR: &str = "certs";
+/// The principal whose client certificate the demo registers (mutual TLS).
+const CERT_CLIENT: &str = "renshe_service";
 const ENV_FILE: &str = "demo.env";
 /// The receiver's address and the webhook secret of the demo's rules.
 const RECEIVER_FILE: &str = "demo-receiver.json";
@@ -87,7 +107,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// Creates departments, principals and datasets and pushes the data; returns principal → token.
-async fn populate(admin: &Client, url: &str, args: &DemoArgs) -> anyhow::Result<BTreeMap<String, String>> {
+async fn populate(admin: &Client, server: &Server, args: &DemoArgs) -> anyhow::Result<BTreeMap<String, String>> {
     let mut tokens = BTreeMap::new();
     for (id, name) in DEPARTMENTS {
         admin.post("/api/v1/departments", &json!({"id": id, "name": name, "region": "441400"})).await?;
@@ -114,7 +134,7 @@ async fn populate(admin: &Client, url: &str, args: &DemoArgs) -> anyhow::Result<
     let params =
         Params { seed: args.seed, people: args.people, enterprises, today: gdx_catalog::catalog::today_shanghai() };
     for (department, kind, per) in DATASETS {
-        let steward = Client::new(url, tokens.get(&format!("{department}_steward")).cloned())?;
+        let steward = server.client(tokens.get(&format!("{department}_steward")).cloned())?;
         steward.post("/api/v1/datasets", &kind.definition(department)).await?;
         let rows = (args.people / per).max(1);
         let file = tmp.path().join(format!("{}.parquet", kind.dataset_name()));
@@ -148,8 +168,8 @@ struct ReceiverConf {
 
 /// Shares the civil registry with renshe (a request, approved) and
 /// registers the two demo rules, delivering to `receiver`.
-async fn proactive(url: &str, tokens: &BTreeMap<String, String>, receiver: &ReceiverConf) -> anyhow::Result<()> {
-    let as_ = |who: &str| Client::new(url, tokens.get(who).cloned());
+async fn proactive(server: &Server, tokens: &BTreeMap<String, String>, receiver: &ReceiverConf) -> anyhow::Result<()> {
+    let as_ = |who: &str| server.client(tokens.get(who).cloned());
     let renshe = as_("renshe_service")?;
     let request = renshe
         .post(
@@ -226,13 +246,17 @@ async fn receiver_conf(data_dir: &Path) -> anyhow::Result<ReceiverConf> {
     Ok(conf)
 }
 
-fn quickstart(url: &str, data_dir: &Path, tokens: &BTreeMap<String, String>, pension_rule: &str) -> String {
+fn quickstart(url: &str, data_dir: &Path, tls: bool, tokens: &BTreeMap<String, String>, pension_rule: &str) -> String {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "gdx".into());
     let env = data_dir.join(ENV_FILE);
     let mut s = String::new();
     s.push_str("\nGDX demo is running. In another terminal:\n\n");
     s.push_str(&format!("  alias gdx='{exe}'\n"));
-    s.push_str(&format!("  source {}        # GDX_URL and one token variable per principal\n\n", env.display()));
+    s.push_str(&format!(
+        "  source {}        # GDX_URL{} and one token variable per principal\n\n",
+        env.display(),
+        if tls { ", GDX_CA_CERT" } else { "" }
+    ));
     s.push_str("  # An analyst of civil affairs searches the catalogue (in Chinese):\n");
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx dataset search 人口\n");
     s.push_str("  GDX_TOKEN=$GDX_TOKEN_MINZHENG_ANALYST gdx dataset show gongan.population\n");
@@ -254,7 +278,24 @@ fn quickstart(url: &str, data_dir: &Path, tokens: &BTreeMap<String, String>, pen
     s.push_str("  # It runs after each new version of what it reads; what was pushed is not pushed again:\n");
     s.push_str(&format!("  GDX_TOKEN=$GDX_TOKEN_RENSHE_SERVICE gdx rule run {pension_rule}\n"));
     s.push_str("  # Receivers check each request: gdx webhook verify --secret ... --id ... --timestamp ... --signature ... body.json\n\n");
-    s.push_str(&format!("  curl -s {url}/healthz\n"));
+    if tls {
+        let certs = data_dir.join(CERTS_DIR);
+        s.push_str(
+            "  # HTTPS with the demo's own CA; renshe_service may use its client certificate instead of a token:\n",
+        );
+        s.push_str(&format!("  curl -s --cacert {} {url}/healthz\n", certs.join("ca.pem").display()));
+        s.push_str(&format!(
+            "  curl -s --cacert {ca} --cert {c}.pem --key {c}.key {url}/api/v1/me\n",
+            ca = certs.join("ca.pem").display(),
+            c = certs.join(CERT_CLIENT).display()
+        ));
+        s.push_str(&format!(
+            "  (unset GDX_TOKEN; gdx --client-cert {c}.pem --client-key {c}.key me)\n\n",
+            c = certs.join(CERT_CLIENT).display()
+        ));
+    } else {
+        s.push_str(&format!("  curl -s {url}/healthz\n"));
+    }
     s.push_str(&format!("Principals: {}\n", tokens.keys().cloned().collect::<Vec<_>>().join(", ")));
     s
 }
@@ -269,6 +310,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         webhook_allow_private: true,
         ..Config::default()
     };
+    let certs = args.data_dir.join(CERTS_DIR);
+    if !args.no_tls {
+        if !certs.join("ca.pem").exists() {
+            let mut names: Vec<String> = crate::certs::DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();
+            if !args.listen.ip().is_loopback() && !args.listen.ip().is_unspecified() {
+                names.push(args.listen.ip().to_string());
+            }
+            crate::certs::init(&certs, &names, &[CERT_CLIENT.to_string()], false)?;
+            eprintln!("gdx demo: made a local CA and certificates in {}", certs.display());
+        }
+        config.tls_cert = Some(certs.join("server.pem"));
+        config.tls_key = Some(certs.join("server.key"));
+        config.client_ca = Some(certs.join("ca.pem"));
+    }
     let receiver = receiver_conf(&args.data_dir).await?;
     let _receiver = if args.no_receiver {
         None
@@ -291,11 +346,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let app = crate::App::start(config.clone()).await?;
     let url = app.url();
+    let shown = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
+    let ca = (!args.no_tls).then(|| shown.join(CERTS_DIR).join("ca.pem"));
+    let server = Server { url: url.clone(), tls: ClientTls { ca_cert: ca.clone(), ..ClientTls::default() } };
     let admin_token = match &config.admin_token {
         Some(t) => t.clone(),
         None => std::fs::read_to_string(args.data_dir.join(crate::server::ADMIN_TOKEN_FILE))?.trim().to_string(),
     };
-    let admin = Client::new(&url, Some(admin_token.clone()))?;
+    let admin = server.client(Some(admin_token.clone()))?;
     let tokens_path = args.data_dir.join(TOKENS_FILE);
     let mut tokens: BTreeMap<String, String> = if tokens_path.exists() {
         serde_json::from_str(&std::fs::read_to_string(&tokens_path)?).context("reading the demo tokens")?
@@ -308,20 +366,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             );
         }
         eprintln!("gdx demo: setting up a city of {} people in {}", args.people, args.data_dir.display());
-        let t = populate(&admin, &url, &args).await?;
-        proactive(&url, &t, &receiver).await?;
+        let t = populate(&admin, &server, &args).await?;
+        proactive(&server, &t, &receiver).await?;
+        if !args.no_tls {
+            // renshe_service may also authenticate by its client certificate, without a token.
+            admin
+                .post(&format!("/api/v1/principals/{CERT_CLIENT}/certificates"), &json!({ "subject": CERT_CLIENT }))
+                .await?;
+        }
         write_private(&tokens_path, &serde_json::to_string_pretty(&t)?)?;
         t
     };
     tokens.insert("admin".into(), admin_token);
     let mut env = format!("export GDX_URL={url}\n");
+    if let Some(ca) = &ca {
+        env.push_str(&format!("export GDX_CA_CERT={}\n", ca.display()));
+    }
     for (k, v) in &tokens {
         env.push_str(&format!("export GDX_TOKEN_{}={v}\n", k.to_ascii_uppercase()));
     }
     env.push_str("export GDX_TOKEN=$GDX_TOKEN_ADMIN\n");
     write_private(&args.data_dir.join(ENV_FILE), &env)?;
-    let shown = std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone());
-    let renshe = Client::new(&url, tokens.get("renshe_service").cloned())?;
+    let renshe = server.client(tokens.get("renshe_service").cloned())?;
     let rules = renshe.get("/api/v1/push/rules", &[]).await?;
     let pension_rule = rules["items"]
         .as_array()
@@ -329,7 +395,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .and_then(|r| r["id"].as_str())
         .unwrap_or("<rule id>")
         .to_string();
-    crate::out!("{}", quickstart(&url, &shown, &tokens, &pension_rule));
+    crate::out!("{}", quickstart(&url, &shown, ca.is_some(), &tokens, &pension_rule));
     app.run_until_signal().await?;
     Ok(())
 }

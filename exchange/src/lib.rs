@@ -7,6 +7,7 @@
 pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod datagen;
@@ -18,6 +19,7 @@ pub mod query;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod webhook;
 
 pub use config::Config;

@@ -21,6 +21,8 @@ struct Cli {
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    tls: cli::ClientTls,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,9 +41,12 @@ enum Command {
     /// Principals (users and services).
     #[command(subcommand)]
     Principal(PrincipalCmd),
-    /// Bearer tokens.
+    /// Bearer tokens, and client certificates standing for principals (mutual TLS).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Certificates for HTTPS and mutual TLS.
+    #[command(subcommand)]
+    Certs(CertsCmd),
     /// The dataset catalogue.
     #[command(subcommand)]
     Dataset(DatasetCmd),
@@ -252,10 +257,58 @@ enum TokenCmd {
         #[arg(long)]
         expires_at: Option<String>,
     },
-    /// Revoke a token (admin).
+    /// Register a client certificate that authenticates as a principal over mutual TLS (admin).
+    Cert {
+        /// Principal id.
+        principal: String,
+        /// The certificate (PEM): that one certificate, by its fingerprint.
+        #[arg(long, conflicts_with_all = ["fingerprint", "subject"], required_unless_present_any = ["fingerprint", "subject"])]
+        cert: Option<PathBuf>,
+        /// Its SHA-256 fingerprint (hex).
+        #[arg(long, conflicts_with = "subject")]
+        fingerprint: Option<String>,
+        /// Any certificate of the client CA whose subject common name is this.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Expiry (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Revoke a token or a certificate binding (admin).
     Revoke {
         /// Token id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Create a local CA, a server certificate and client certificates.
+    Init {
+        /// Directory to write ca.pem, ca.key, server.pem, server.key and NAME.pem, NAME.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Names of the server: DNS names and IP addresses (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        names: Vec<String>,
+        /// Client certificates for these names, their subject common names
+        /// (`--client a b`, `--client a,b` or `--client a --client b`).
+        #[arg(long = "client", num_args = 1.., value_delimiter = ',')]
+        clients: Vec<String>,
+        /// Replace existing files (a new CA too).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue one more client certificate from the CA that `init` made.
+    Client {
+        /// The directory `init` wrote (ca.pem, ca.key); NAME.pem and NAME.key go there too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The client's name: its subject common name and file names.
+        name: String,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u16).range(1..=3650))]
+        days: u16,
     },
 }
 
@@ -454,7 +507,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || Client::new(&cli.url, cli.token.clone());
+    let client = || Client::with_tls(&cli.url, cli.token.clone(), &cli.tls);
     let json = cli.json;
     match cli.command {
         Command::Serve(args) => {
@@ -630,6 +683,77 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client()?.call(reqwest::Method::DELETE, &format!("/api/v1/grants/{}", enc(&id)), &[], None).await?;
             if !json {
                 gdx_exchange::out!("grant {id} revoked");
+            }
+        }
+        Command::Token(TokenCmd::Cert { principal, cert, fingerprint, subject, expires_at }) => {
+            let fingerprint = match cert {
+                Some(path) => Some(gdx_exchange::certs::fingerprint_of(&path)?),
+                None => fingerprint,
+            };
+            let v = client()?
+                .post(
+                    &format!("/api/v1/principals/{}/certificates", enc(&principal)),
+                    &json!({"fingerprint": fingerprint, "subject": subject, "expires_at": expires_at}),
+                )
+                .await?;
+            if json {
+                print_object(&v, true);
+            } else {
+                gdx_exchange::out!(
+                    "{} now authenticates as {} (credential {}; gdx token revoke {} ends it)",
+                    v["certificate"].as_str().unwrap_or("?"),
+                    principal,
+                    v["id"].as_str().unwrap_or("?"),
+                    v["id"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        Command::Certs(CertsCmd::Init { out, names, clients, force }) => {
+            let issued = gdx_exchange::certs::init(&out, &names, &clients, force)?;
+            if json {
+                let clients: Vec<Value> = issued
+                    .clients
+                    .iter()
+                    .map(|(n, c, k, f)| json!({"name": n, "cert": c, "key": k, "fingerprint": f}))
+                    .collect();
+                print_object(
+                    &json!({"ca": issued.ca, "server_cert": issued.server.0, "server_key": issued.server.1, "clients": clients}),
+                    true,
+                );
+            } else {
+                gdx_exchange::out!("CA certificate: {} (its key: ca.key, keep it offline)", issued.ca.display());
+                gdx_exchange::out!(
+                    "server certificate for {}: {} and {}",
+                    names.join(", "),
+                    issued.server.0.display(),
+                    issued.server.1.display()
+                );
+                for (name, cert, key, fp) in &issued.clients {
+                    gdx_exchange::out!("client {name}: {} and {} (sha256 {fp})", cert.display(), key.display());
+                }
+                gdx_exchange::out!(
+                    "serve with: gdx serve --tls-cert {} --tls-key {} --client-ca {}",
+                    issued.server.0.display(),
+                    issued.server.1.display(),
+                    issued.ca.display()
+                );
+                if let Some((name, ..)) = issued.clients.first() {
+                    gdx_exchange::out!("bind a client to a principal: gdx token cert PRINCIPAL --subject {name}");
+                }
+            }
+        }
+        Command::Certs(CertsCmd::Client { dir, name, days }) => {
+            let now = chrono::Utc::now();
+            let (name, cert, key, fp) = gdx_exchange::certs::issue_client(
+                &dir,
+                &name,
+                now - chrono::Duration::days(1)..now + chrono::Duration::days(i64::from(days)),
+            )?;
+            if json {
+                print_object(&json!({"name": name, "cert": cert, "key": key, "fingerprint": fp}), true);
+            } else {
+                gdx_exchange::out!("client {name}: {} and {} (sha256 {fp})", cert.display(), key.display());
+                gdx_exchange::out!("bind it to a principal: gdx token cert PRINCIPAL --cert {}", cert.display());
             }
         }
         Command::Token(TokenCmd::Revoke { id }) => {

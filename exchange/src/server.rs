@@ -37,6 +37,8 @@ pub struct App {
     watcher: JoinHandle<()>,
     push: Vec<JoinHandle<()>>,
     audit: crate::audit::AuditLog,
+    tls: Option<Arc<crate::tls::Reloader>>,
+    reload: Option<JoinHandle<()>>,
     _lock: std::fs::File,
 }
 
@@ -92,6 +94,15 @@ impl App {
     /// Opens the data directory, bootstraps the administrator and starts serving.
     pub async fn start(config: Config) -> Result<App> {
         config.check()?;
+        // Certificate files are read first: a wrong one stops the start before anything is opened.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::Reloader::new(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.client_ca.clone(),
+            })?)),
+            _ => None,
+        };
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
         let lock = lock_data_dir(&dir)?;
@@ -186,19 +197,17 @@ impl App {
             tokio::spawn(crate::push::eval::evaluator(state.clone())),
             tokio::spawn(crate::push::deliver::deliverer(state.clone())),
         ];
-        let listener = tokio::net::TcpListener::bind(config.listen)
+        let tcp = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let listener = crate::tls::Listener::new(tcp, tls.clone())
+            .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let addr = axum::serve::Listener::local_addr(&listener)
+            .map_err(|source| Error::Bind { addr: config.listen, source })?
+            .addr;
+        let reload = tls.clone().map(|t| tokio::spawn(t.watch(crate::tls::RELOAD_POLL)));
         let (tx, rx) = oneshot::channel::<()>();
-        let app = crate::api::router(state);
-        // Without TCP_NODELAY a small answer written in two parts waits for the
-        // client's delayed ACK (about 40 ms on Linux).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
+        let app = crate::api::router(state).into_make_service_with_connect_info::<crate::tls::Peer>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -206,8 +215,21 @@ impl App {
                 })
                 .await
         });
-        tracing::info!(%addr, data_dir = %dir.display(), "gdx serving");
-        Ok(App { addr, admin_token_file, shutdown: Some(tx), task, maintenance, watcher, push, audit, _lock: lock })
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, data_dir = %dir.display(), "gdx serving");
+        Ok(App {
+            addr,
+            tls,
+            admin_token_file,
+            shutdown: Some(tx),
+            task,
+            maintenance,
+            watcher,
+            reload,
+            push,
+            audit,
+            _lock: lock,
+        })
     }
 
     /// The bound address.
@@ -215,9 +237,17 @@ impl App {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://<addr>` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls.is_some() { "https" } else { "http" }, self.addr)
+    }
+
+    /// Reads the TLS files again now, as SIGHUP does; `Ok(false)` when not serving TLS.
+    pub fn reload_tls(&self) -> Result<bool> {
+        match &self.tls {
+            Some(t) => t.reload(true),
+            None => Ok(false),
+        }
     }
 
     /// The file holding the administrator token, when it was not configured.
@@ -234,6 +264,9 @@ impl App {
             m.abort();
         }
         self.watcher.abort();
+        if let Some(r) = self.reload.take() {
+            r.abort();
+        }
         for task in self.push.drain(..) {
             task.abort();
         }

@@ -30,6 +30,21 @@ pub fn config(data_dir: &Path) -> Config {
     }
 }
 
+/// An HTTPS client that trusts `ca` (and nothing else) and presents the
+/// client certificate `NAME.pem` / `NAME.key` beside it, if given.
+pub fn https_client(ca: &Path, client: Option<&str>) -> reqwest::Client {
+    let pem = std::fs::read(ca).expect("CA certificate");
+    let mut builder =
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("CA certificate PEM")]);
+    if let Some(name) = client {
+        let dir = ca.parent().expect("certificate directory");
+        let mut pem = std::fs::read(dir.join(format!("{name}.pem"))).expect("client certificate");
+        pem.extend(std::fs::read(dir.join(format!("{name}.key"))).expect("client key"));
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).expect("client identity"));
+    }
+    builder.build().expect("HTTPS client")
+}
+
 impl TestServer {
     /// Starts a server on a new temporary data directory.
     pub async fn start() -> Self {
@@ -44,6 +59,35 @@ impl TestServer {
         change(&mut c);
         let app = App::start(c.clone()).await.expect("server starts");
         Self { app: Some(app), dir, http: reqwest::Client::new(), config: c }
+    }
+
+    /// Starts a server that serves HTTPS with certificates from
+    /// `gdx certs init` (in [`TestServer::certs`]), accepting client
+    /// certificates of its CA; one client certificate per name in `clients`.
+    pub async fn start_tls(clients: &[&str]) -> Self {
+        gdx_exchange::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let certs = dir.path().join("certs");
+        let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let clients: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+        gdx_exchange::certs::init(&certs, &names, &clients, false).expect("certificates");
+        let mut c = config(&dir.path().join("data"));
+        c.tls_cert = Some(certs.join("server.pem"));
+        c.tls_key = Some(certs.join("server.key"));
+        c.client_ca = Some(certs.join("ca.pem"));
+        let app = App::start(c.clone()).await.expect("server starts");
+        let http = https_client(&certs.join("ca.pem"), None);
+        Self { app: Some(app), dir, http, config: c }
+    }
+
+    /// Where [`TestServer::start_tls`] keeps its CA and certificates.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// Reads the TLS files again, as SIGHUP does; the error as text.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        self.app.as_ref().expect("server running").reload_tls().map_err(|e| e.to_string())
     }
 
     /// Sends a raw body with a content type (and optional extra headers) as `token`.

@@ -1,13 +1,14 @@
 //! Authentication and route authorisation: the middleware every non-anonymous route passes.
 //!
-//! It resolves the bearer token to a [`Principal`] and asks casbin whether any
+//! It resolves the bearer token (or, without one, the client certificate
+//! the connection was made with) to a [`Principal`] and asks casbin whether any
 //! of its roles may call the matched route on an object of the request's
 //! scope. The decision is made on the route template, never on the concrete
 //! path, and the caller travels to the handler as a [`Caller`] extension.
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -17,6 +18,7 @@ use gdx_policies::Scope;
 use super::error::{ApiError, ApiResult};
 use super::recorder::AuditSlot;
 use crate::state::AppState;
+use crate::tls::Peer;
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -41,8 +43,15 @@ pub async fn authorize(State(state): State<AppState>, request: Request, next: Ne
 
 async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
     let (mut parts, body) = request.into_parts();
-    let secret = bearer(&parts.headers).ok_or_else(ApiError::unauthenticated)?;
-    let (principal, token) = state.catalog.authenticate(secret).await?.ok_or_else(ApiError::unauthenticated)?;
+    // A bearer token, when given, decides; else a verified client certificate (mutual TLS).
+    let found = match bearer(&parts.headers) {
+        Some(secret) => state.catalog.authenticate(secret).await?,
+        None => match parts.extensions.get::<ConnectInfo<Peer>>().and_then(|c| c.0.cert.clone()) {
+            Some(cert) => state.catalog.authenticate_certificate(&cert.fingerprint, cert.subject_cn.as_deref()).await?,
+            None => None,
+        },
+    };
+    let (principal, token) = found.ok_or_else(ApiError::unauthenticated)?;
     let audit = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
     audit.note(|n| {
         n.principal = Some(principal.id.clone());

@@ -4,7 +4,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use gdx_catalog::{IssuedToken, NewPrincipal, Page, Principal, PrincipalPatch, TokenInfo};
+use gdx_catalog::{IssuedToken, NewCertificate, NewPrincipal, Page, Principal, PrincipalPatch, TokenInfo};
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
@@ -117,6 +117,25 @@ pub async fn create_token(
     let issued = state.catalog.create_token(&id, input.expires_at).await?;
     tracing::info!(principal = %id, token = %issued.info.id, "token issued");
     Ok((StatusCode::CREATED, axum::Json(issued)))
+}
+
+/// Registers a client certificate, by fingerprint or subject common name,
+/// that authenticates as the principal over mutual TLS (admin). The
+/// credential is listed and revoked with the principal's tokens.
+#[utoipa::path(operation_id = "add_certificate", post, path = "/api/v1/principals/{id}/certificates", tag = "identities", params(("id" = String, Path)),
+    request_body = NewCertificate,
+    responses(
+        (status = 201, description = "Created", body = TokenInfo),
+        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn add_certificate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(input): Json<NewCertificate>,
+) -> ApiResult<(StatusCode, axum::Json<TokenInfo>)> {
+    let info = state.catalog.add_certificate(&id, input).await?;
+    tracing::info!(principal = %id, credential = %info.id, certificate = ?info.certificate, "client certificate registered");
+    Ok((StatusCode::CREATED, axum::Json(info)))
 }
 
 /// Lists a principal's tokens, without secrets (admin).

@@ -88,6 +88,7 @@ pub fn action_of(method: &Method, route: &str) -> String {
         ("POST", "/api/v1/principals") => "principal.create",
         ("PATCH", "/api/v1/principals/{id}") => "principal.update",
         ("POST", "/api/v1/principals/{id}/tokens") => "token.create",
+        ("POST", "/api/v1/principals/{id}/certificates") => "certificate.create",
         ("DELETE", "/api/v1/tokens/{id}") => "token.revoke",
         ("POST", "/api/v1/datasets") => "dataset.create",
         ("PATCH", "/api/v1/datasets/{id}") => "dataset.update",

@@ -10,3 +10,4 @@ mod query;
 mod records;
 mod sharing;
 mod slt;
+mod tls;
