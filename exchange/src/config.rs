@@ -81,6 +81,72 @@ pub struct Config {
     pub request_due_working_days: u32,
     /// Working days a provider has to answer a data-quality feedback.
     pub feedback_due_working_days: u32,
+    /// Seconds a client has to send a request's head, and that an idle
+    /// keep-alive connection is kept open.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may go without a byte before the request is dropped.
+    pub body_timeout_secs: u64,
+    /// Per-principal limits (`[limits]`).
+    pub limits: LimitSettings,
+}
+
+/// Per-principal limits: defaults for every principal, and overrides by principal id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Requests a second one principal may make, sustained; a burst of two
+    /// seconds' worth passes at once. 0: no limit.
+    pub requests_per_second: u64,
+    /// SQL queries one principal may run at once. 0: no limit.
+    pub concurrent_queries: usize,
+    /// Distinct subjects (citizens, enterprises) one principal may look up in
+    /// a day before the audit log raises an alert. 0: no alert.
+    pub distinct_subjects_per_day: u64,
+    /// Overrides by principal id (`[limits.principals.<id>]`).
+    pub principals: std::collections::BTreeMap<String, PrincipalLimits>,
+}
+
+/// One principal's overrides of the default limits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalLimits {
+    /// Requests a second (0: no limit).
+    pub requests_per_second: Option<u64>,
+    /// Queries at once (0: no limit).
+    pub concurrent_queries: Option<usize>,
+    /// Distinct subjects a day before an alert (0: no alert).
+    pub distinct_subjects_per_day: Option<u64>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 5000,
+            concurrent_queries: 4,
+            distinct_subjects_per_day: 100_000,
+            principals: Default::default(),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The request rate of a principal.
+    pub fn requests_per_second_of(&self, principal: &str) -> u64 {
+        self.principals.get(principal).and_then(|p| p.requests_per_second).unwrap_or(self.requests_per_second)
+    }
+
+    /// How many queries a principal may run at once.
+    pub fn concurrent_queries_of(&self, principal: &str) -> usize {
+        self.principals.get(principal).and_then(|p| p.concurrent_queries).unwrap_or(self.concurrent_queries)
+    }
+
+    /// A principal's alert threshold of distinct subjects a day.
+    pub fn distinct_subjects_per_day_of(&self, principal: &str) -> u64 {
+        self.principals
+            .get(principal)
+            .and_then(|p| p.distinct_subjects_per_day)
+            .unwrap_or(self.distinct_subjects_per_day)
+    }
 }
 
 impl Default for Config {
@@ -113,6 +179,9 @@ impl Default for Config {
             calendar_files: Vec::new(),
             request_due_working_days: 10,
             feedback_due_working_days: 5,
+            header_timeout_secs: 30,
+            body_timeout_secs: 60,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -262,6 +331,13 @@ impl Config {
                 message: "push_retention_days must be at most 36500 (0 keeps events for ever)".into(),
             });
         }
+        for (key, secs) in
+            [("header_timeout_secs", self.header_timeout_secs), ("body_timeout_secs", self.body_timeout_secs)]
+        {
+            if !(1..=3600).contains(&secs) {
+                return Err(Error::Config { message: format!("{key} must be between 1 and 3600") });
+            }
+        }
         if !(1..=300).contains(&self.webhook_timeout_secs) {
             return Err(Error::Config { message: "webhook_timeout_secs must be between 1 and 300".into() });
         }
@@ -305,5 +381,19 @@ mod tests {
         assert!(with("tls_cert = \"s.pem\"").is_err());
         assert!(with("tls_key = \"s.key\"").is_err());
         assert!(with("client_ca = \"ca.pem\"").is_err());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_overrides_by_principal() {
+        let c: Config = toml::from_str(
+            "[limits]\nrequests_per_second = 100\n[limits.principals.svc]\nrequests_per_second = 0\nconcurrent_queries = 9\n",
+        )
+        .expect("parses");
+        assert_eq!(c.limits.requests_per_second_of("svc"), 0);
+        assert_eq!(c.limits.requests_per_second_of("other"), 100);
+        assert_eq!(c.limits.concurrent_queries_of("svc"), 9);
+        assert_eq!(c.limits.concurrent_queries_of("other"), 4);
+        assert_eq!(c.limits.distinct_subjects_per_day_of("svc"), 100_000);
+        assert!(toml::from_str::<Config>("[limits.principals.svc]\nrps = 1\n").is_err());
     }
 }

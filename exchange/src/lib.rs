@@ -14,6 +14,7 @@ pub mod datagen;
 pub mod demo;
 pub mod error;
 pub mod ingest;
+pub mod limits;
 pub mod push;
 pub mod query;
 pub mod secret;

@@ -26,6 +26,78 @@ pub const META_DB: &str = "meta.db";
 /// The record index (per data file, rebuilt from the lake when missing).
 pub const INDEX_DIR: &str = "index";
 
+/// How long a client may take over the parts of a request.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// To send a request's head; also how long an idle keep-alive connection stays open.
+    header: std::time::Duration,
+    /// The longest a request body may go without a byte.
+    body: std::time::Duration,
+}
+
+/// Serves HTTP/1.1 on every connection of `listener` until `shutdown`, then
+/// lets requests in flight finish.
+///
+/// Each connection carries its [`crate::tls::Peer`] into its requests (as
+/// `ConnectInfo`), reads request heads within `timeouts.header` (a slow or
+/// silent client is disconnected) and bodies under `timeouts.body`.
+async fn serve(
+    mut listener: crate::tls::Listener,
+    router: axum::Router,
+    timeouts: Timeouts,
+    shutdown: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    let (close_tx, close_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut shutdown => break,
+        };
+        let body_timeout = timeouts.body;
+        let service = router.clone().map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b)));
+            req.extensions_mut().insert(ConnectInfo(peer.clone()));
+            req
+        });
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let mut signal_rx = signal_rx.clone();
+        let close_rx = close_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(timeouts.header).keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            let mut conn = std::pin::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    served = conn.as_mut() => {
+                        if let Err(e) = served {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = signal_rx.changed(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(close_rx);
+        });
+    }
+    drop(listener);
+    drop(close_rx);
+    let _ = signal_tx.send(());
+    close_tx.closed().await;
+    Ok(())
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct App {
@@ -192,6 +264,7 @@ impl App {
             records,
             lookups: Arc::default(),
             push: Arc::new(crate::push::Push::new(push_store)),
+            limits: Arc::new(crate::limits::Limiter::new(config.limits.clone())),
         };
         let push = vec![
             tokio::spawn(crate::push::eval::evaluator(state.clone())),
@@ -202,19 +275,14 @@ impl App {
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let listener = crate::tls::Listener::new(tcp, tls.clone())
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
-        let addr = axum::serve::Listener::local_addr(&listener)
-            .map_err(|source| Error::Bind { addr: config.listen, source })?
-            .addr;
+        let addr = listener.local_addr();
         let reload = tls.clone().map(|t| tokio::spawn(t.watch(crate::tls::RELOAD_POLL)));
         let (tx, rx) = oneshot::channel::<()>();
-        let app = crate::api::router(state).into_make_service_with_connect_info::<crate::tls::Peer>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let timeouts = Timeouts {
+            header: std::time::Duration::from_secs(config.header_timeout_secs),
+            body: std::time::Duration::from_secs(config.body_timeout_secs),
+        };
+        let task = tokio::spawn(serve(listener, crate::api::router(state), timeouts, rx));
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, scheme, data_dir = %dir.display(), "gdx serving");
         Ok(App {

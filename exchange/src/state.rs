@@ -37,4 +37,6 @@ pub struct AppState {
     pub lookups: Arc<crate::api::records::LookupPlans>,
     /// Push rules, their state and outbox.
     pub push: Arc<crate::push::Push>,
+    /// Per-principal request rates, concurrent queries and subject counts.
+    pub limits: Arc<crate::limits::Limiter>,
 }

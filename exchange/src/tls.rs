@@ -16,8 +16,6 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -211,12 +209,6 @@ pub struct Peer {
     pub cert: Option<Arc<ClientCert>>,
 }
 
-impl Connected<IncomingStream<'_, Listener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, Listener>) -> Self {
-        stream.remote_addr().clone()
-    }
-}
-
 /// A connection: plain TCP or TLS over TCP.
 #[derive(Debug)]
 pub enum Conn {
@@ -346,11 +338,9 @@ async fn accept_loop(tcp: TcpListener, tls: Option<Arc<Reloader>>, tx: mpsc::Sen
     }
 }
 
-impl axum::serve::Listener for Listener {
-    type Io = Conn;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Conn, Peer) {
+impl Listener {
+    /// The next connection, handshake done.
+    pub async fn accept(&mut self) -> (Conn, Peer) {
         match self.ready.recv().await {
             Some(c) => c,
             // The accept loop only ends when this listener is dropped.
@@ -358,8 +348,9 @@ impl axum::serve::Listener for Listener {
         }
     }
 
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer { addr: self.addr, cert: None })
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 

@@ -80,6 +80,11 @@ impl TestServer {
         Self { app: Some(app), dir, http, config: c }
     }
 
+    /// The HTTP client the helpers use.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Where [`TestServer::start_tls`] keeps its CA and certificates.
     pub fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")

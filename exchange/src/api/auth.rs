@@ -57,6 +57,11 @@ async fn check(state: &AppState, request: Request) -> ApiResult<Request> {
         n.principal = Some(principal.id.clone());
         n.department = principal.department.clone();
     });
+    if let Err(wait) = state.limits.admit(&principal.id) {
+        metrics::counter!("gdx_rate_limited_total", "limit" => "requests").increment(1);
+        let rate = state.config.limits.requests_per_second_of(&principal.id);
+        return Err(ApiError::rate_limited(format!("more than {rate} requests a second from this principal"), wait));
+    }
     let route = parts
         .extensions
         .get::<MatchedPath>()

@@ -42,6 +42,8 @@ codes! {
     CONFLICT = ("conflict", CONFLICT, "Conflict");
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
+    RATE_LIMITED = ("rate_limited", TOO_MANY_REQUESTS, "Too many requests");
+    REQUEST_TIMEOUT = ("request_timeout", REQUEST_TIMEOUT, "The request was not received in time");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable");
     RESOURCES_EXHAUSTED = ("resources_exhausted", SERVICE_UNAVAILABLE, "Not enough resources for this request");
     INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal error");
@@ -92,6 +94,7 @@ pub struct ApiError {
     detail: String,
     errors: Option<Vec<ProblemItem>>,
     error_count: Option<u64>,
+    retry_after: Option<u64>,
 }
 
 /// Most field errors listed in one response.
@@ -100,7 +103,7 @@ const MAX_LISTED: usize = 100;
 impl ApiError {
     /// An error of `code` with a detail for the client.
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), errors: None, error_count: None }
+        Self { code, detail: detail.into(), errors: None, error_count: None, retry_after: None }
     }
 
     /// A validation error about one field.
@@ -120,7 +123,7 @@ impl ApiError {
             .into_iter()
             .map(|e| ProblemItem { field: Some(e.field), row: None, column: None, message: e.message })
             .collect();
-        Self { code: VALIDATION_FAILED, detail, errors: Some(items), error_count: Some(count) }
+        Self { code: VALIDATION_FAILED, detail, errors: Some(items), error_count: Some(count), retry_after: None }
     }
 
     /// A validation error of an upload: the first problems by row and column, and how many there were.
@@ -129,7 +132,13 @@ impl ApiError {
             .into_iter()
             .map(|e| ProblemItem { field: None, row: e.row, column: e.column, message: e.message })
             .collect();
-        Self { code: VALIDATION_FAILED, detail: detail.into(), errors: Some(items), error_count: Some(count) }
+        Self {
+            code: VALIDATION_FAILED,
+            detail: detail.into(),
+            errors: Some(items),
+            error_count: Some(count),
+            retry_after: None,
+        }
     }
 
     /// 401: no valid credential.
@@ -140,6 +149,13 @@ impl ApiError {
     /// 403: the caller may not do this.
     pub fn denied() -> Self {
         Self::new(ACCESS_DENIED, "the caller's roles and department do not allow this")
+    }
+
+    /// 429: over a limit; the client may try again after `wait` (told in
+    /// whole seconds, at least one, in `Retry-After`).
+    pub fn rate_limited(detail: impl Into<String>, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self { retry_after: Some(secs.max(1)), ..Self::new(RATE_LIMITED, detail) }
     }
 
     /// 404 for an object.
@@ -188,6 +204,7 @@ impl From<gdx_policies::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let error_count = self.error_count;
+        let retry_after = self.retry_after;
         let errors = self.errors.map(|mut e| {
             e.truncate(MAX_LISTED);
             e
@@ -205,6 +222,9 @@ impl IntoResponse for ApiError {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.code.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -26,11 +26,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(ApiError::new(error::UNSUPPORTED_MEDIA_TYPE, "the body must be application/json"));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES).await.map_err(|_| {
-            ApiError::new(error::PAYLOAD_TOO_LARGE, format!("JSON bodies are limited to {MAX_JSON_BYTES} bytes"))
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_JSON_BYTES).await.map_err(|e| {
+            body_error(&e).unwrap_or_else(|| {
+                ApiError::new(error::PAYLOAD_TOO_LARGE, format!("JSON bodies are limited to {MAX_JSON_BYTES} bytes"))
+            })
         })?;
         parse(&bytes).map(Json)
     }
+}
+
+/// The answer to a request body that stopped arriving: `408 request_timeout`
+/// when it stalled past `body_timeout_secs`; `None` for other failures.
+pub fn body_error(e: &axum::Error) -> Option<ApiError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::new(
+                error::REQUEST_TIMEOUT,
+                "the request body stopped arriving; send it without long pauses",
+            ));
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// Parses JSON into `T`, naming the offending field on failure.

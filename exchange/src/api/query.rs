@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::auth::Caller;
 use super::error::{self, ApiError, ApiResult, Problem};
 use super::extract::{Json, Query};
+use crate::limits::QueryPermit;
 use crate::query::{GovernedTable, refuse_statement, register, session};
 use crate::state::AppState;
 
@@ -162,6 +163,15 @@ pub async fn query(
         return Err(ApiError::new(error::SQL_NOT_ALLOWED, why));
     }
     let format = AnswerFormat::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()))?;
+    // Held until the answer has left (a streamed one holds it in its tail).
+    let permit = state.limits.start_query(&caller.principal.id).map(Arc::new).ok_or_else(|| {
+        metrics::counter!("gdx_rate_limited_total", "limit" => "queries").increment(1);
+        let cap = state.limits.concurrent_queries_of(&caller.principal.id);
+        ApiError::rate_limited(
+            format!("this principal already runs {cap} queries at once, its limit"),
+            std::time::Duration::from_secs(1),
+        )
+    })?;
     let viewer = match &params.as_department {
         None => None,
         Some(department) => Some(preview_as(&state, &caller.principal, department).await?),
@@ -188,7 +198,7 @@ pub async fn query(
     );
     let mut response = match format {
         AnswerFormat::Json => {
-            let tail = || StreamTail::new(&state, &caller, &versions, request.purpose.as_deref());
+            let tail = || StreamTail::new(&state, &caller, &versions, request.purpose.as_deref(), &permit);
             let (response, rows) = json_answer(df, versions.clone(), limit, deadline, timeout, tail).await?;
             caller.audit.note(|n| n.rows = rows);
             response
@@ -198,7 +208,7 @@ pub async fn query(
                 .await
                 .map_err(|_| too_long())?
                 .map_err(query_error)?;
-            let tail = StreamTail::new(&state, &caller, &versions, request.purpose.as_deref());
+            let tail = StreamTail::new(&state, &caller, &versions, request.purpose.as_deref(), &permit);
             let body = encode(stream, other, limit, deadline, tail).map_err(|e| ApiError::internal(&e))?;
             ([(header::CONTENT_TYPE, other.content_type())], Body::from_stream(body)).into_response()
         }
@@ -220,10 +230,18 @@ struct StreamTail {
     record: Option<crate::audit::Record>,
     rows: u64,
     complete: bool,
+    /// The caller's query slot, freed when the stream ends.
+    _permit: Arc<QueryPermit>,
 }
 
 impl StreamTail {
-    fn new(state: &AppState, caller: &Caller, versions: &BTreeMap<String, i64>, purpose: Option<&str>) -> Self {
+    fn new(
+        state: &AppState,
+        caller: &Caller,
+        versions: &BTreeMap<String, i64>,
+        purpose: Option<&str>,
+        permit: &Arc<QueryPermit>,
+    ) -> Self {
         let record = crate::audit::Record {
             principal: Some(caller.principal.id.clone()),
             department: caller.principal.department.clone(),
@@ -233,7 +251,7 @@ impl StreamTail {
             purpose: purpose.map(str::to_string),
             ..crate::audit::Record::default()
         };
-        Self { audit: state.audit.clone(), record: Some(record), rows: 0, complete: false }
+        Self { audit: state.audit.clone(), record: Some(record), rows: 0, complete: false, _permit: Arc::clone(permit) }
     }
 }
 
@@ -535,6 +553,7 @@ pub(crate) async fn governed_frame(
     let df = ctx.sql_with_options(sql, options).await.map_err(query_error)?;
     // The versions of what the query reads, not of everything it could.
     let mut read = std::collections::BTreeSet::new();
+    let mut settings = false;
     use datafusion::common::tree_node::TreeNodeRecursion;
     df.logical_plan()
         .apply_with_subqueries(|node| {
@@ -542,11 +561,16 @@ pub(crate) async fn governed_frame(
                 let t = &scan.table_name;
                 if let Some(schema) = t.schema() {
                     read.insert(format!("{schema}.{}", t.table()));
+                    // The engine's settings name server paths and limits.
+                    settings |= schema == "information_schema" && t.table() == "df_settings";
                 }
             }
             Ok(TreeNodeRecursion::Continue)
         })
         .map_err(query_error)?;
+    if settings {
+        return Err(ApiError::new(error::SQL_NOT_ALLOWED, "the query engine's settings are not readable"));
+    }
     versions.retain(|id, _| read.contains(id));
     Ok((df, versions))
 }

@@ -157,6 +157,14 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         return response;
     }
     let note = slot.take();
+    let subjects: Vec<String> = note.subjects.iter().map(|k| state.audit.subject_hash(k)).collect();
+    let alert = match &note.principal {
+        Some(p) if status.is_success() => state
+            .limits
+            .observe_subjects(p, gdx_catalog::catalog::today_shanghai(), &subjects)
+            .map(|a| subject_alert(p, note.department.clone(), &a)),
+        _ => None,
+    };
     let record = Record {
         principal: note.principal,
         department: note.department,
@@ -170,17 +178,39 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         sql: note.sql,
         rows: note.rows,
         purpose: note.purpose,
-        subjects: note.subjects.iter().map(|k| state.audit.subject_hash(k)).collect(),
+        subjects,
         target: note.target,
         detail: note.detail,
         ..Record::default()
     };
-    match state.audit.append(record).await {
+    let mut written = state.audit.append(record).await;
+    if let (Ok(_), Some(alert)) = (&written, alert) {
+        written = state.audit.append(alert).await;
+    }
+    match written {
         Ok(_) => response,
         Err(e) => {
             tracing::error!(error = ?e, "audit record not written; the request is answered 503");
             ApiError::new(error::UNAVAILABLE, "the audit log cannot be written; nothing is served unrecorded")
                 .into_response()
         }
+    }
+}
+
+/// The audit record of a principal that reached its threshold of distinct
+/// subjects looked up in a day.
+fn subject_alert(principal: &str, department: Option<String>, alert: &crate::limits::SubjectAlert) -> Record {
+    tracing::warn!(principal, threshold = alert.threshold, day = %alert.day, "unusually many distinct subjects looked up");
+    metrics::counter!("gdx_subject_alerts_total").increment(1);
+    Record {
+        principal: Some(principal.to_string()),
+        department,
+        action: "alert.distinct_subjects".into(),
+        outcome: "alert".into(),
+        detail: Some(format!(
+            "{} distinct subjects looked up on {} (Asia/Shanghai), the alert threshold of this principal",
+            alert.threshold, alert.day
+        )),
+        ..Record::default()
     }
 }

@@ -101,9 +101,12 @@ async fn receive(
     let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else {
-            let _ = tx.send(Err(std::io::Error::other("the upload was interrupted"))).await;
-            return Err(ApiError::new(error::MALFORMED_REQUEST, "the upload was interrupted"));
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other("the upload was interrupted"))).await;
+                return Err(interrupted(&e));
+            }
         };
         total += chunk.len() as u64;
         if total > limit {
@@ -115,6 +118,12 @@ async fn receive(
         }
     }
     Ok(total)
+}
+
+/// An upload that stopped arriving: stalled (408) or cut off (400).
+fn interrupted(e: &axum::Error) -> ApiError {
+    super::extract::body_error(e)
+        .unwrap_or_else(|| ApiError::new(error::MALFORMED_REQUEST, "the upload was interrupted"))
 }
 
 /// The body's chunks as a blocking reader (for staging on a blocking thread).
@@ -175,7 +184,7 @@ async fn spool(body: Body, dir: &std::path::Path, limit: u64) -> ApiResult<(temp
     let mut stream = body.into_data_stream();
     let mut total: u64 = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| ApiError::new(error::MALFORMED_REQUEST, "the upload was interrupted"))?;
+        let chunk = chunk.map_err(|e| interrupted(&e))?;
         total += chunk.len() as u64;
         if total > limit {
             // `path` is dropped here: the partial file is removed.

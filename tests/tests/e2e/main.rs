@@ -2,9 +2,11 @@
 //! (each binary links the whole engine, so they are few).
 
 mod access;
+mod attack;
 mod audit;
 mod foundation;
 mod ingest;
+mod limits;
 mod push;
 mod query;
 mod records;
