@@ -182,7 +182,7 @@ first=$(wait_rules 1 "$started")
 say "first evaluation of $rules rules over $rows rows (all rows, no backfill): $first"
 
 for change in change1 change01; do
-    changed=$("$venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$work/$change.parquet'\").fetchone()[0])")
+    changed=$("$venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$work/$change.parquet'\").fetchall()[0][0])")
     before=$(date +%s.%N)
     v=$(GDX_TOKEN=$steward "$gdx" push gongan.population "$work/$change.parquet" --mode upsert --json 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')

@@ -114,6 +114,9 @@ pub struct Push {
     /// Wakes the deliverer (new events, a retry).
     pub deliver: tokio::sync::Notify,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The changed rows of recent version ranges, read once for every rule
+    /// that evaluates them.
+    pub changes: eval::ChangeCache,
 }
 
 impl Push {
@@ -124,6 +127,7 @@ impl Push {
             evaluate: tokio::sync::Notify::new(),
             deliver: tokio::sync::Notify::new(),
             locks: Mutex::new(HashMap::new()),
+            changes: eval::ChangeCache::default(),
         }
     }
 

@@ -62,7 +62,7 @@ pub struct QueryResult {
     /// Columns, in order.
     pub columns: Vec<ResultColumn>,
     /// Rows, each a list of values in column order.
-    #[schema(value_type = Vec<Vec<Object>>)]
+    #[schema(value_type = Vec<Vec<serde_json::Value>>)]
     pub rows: Vec<Vec<Value>>,
     /// The GDX version of each dataset the query read.
     pub versions: BTreeMap<String, i64>,

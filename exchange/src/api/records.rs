@@ -343,7 +343,7 @@ pub struct BatchAnswer {
     #[schema(value_type = Vec<Object>)]
     pub records: Vec<Value>,
     /// The keys not found (or outside the caller's rows), as sent.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<serde_json::Value>)]
     pub missing: Vec<Value>,
     /// The GDX version read.
     pub version: Option<i64>,

@@ -217,7 +217,7 @@ async fn recorder(state: AppState, mut rx: tokio::sync::mpsc::UnboundedReceiver<
         for o in batch.iter().filter(|o| o.attempt.delivered) {
             pushed.entry(o.rule.as_str()).or_default().push(o.subject.as_str());
         }
-        let mut audited = true;
+        let mut records = Vec::with_capacity(pushed.len());
         for (rule, subjects) in pushed {
             if !targets.contains_key(rule)
                 && let Ok(Some((r, _, _))) = state.push.store.rule(rule).await
@@ -228,7 +228,7 @@ async fn recorder(state: AppState, mut rx: tokio::sync::mpsc::UnboundedReceiver<
             let mut hashes: Vec<String> = subjects.iter().map(|s| state.audit.subject_hash(s)).collect();
             hashes.sort();
             hashes.dedup();
-            let record = crate::audit::Record {
+            records.push(crate::audit::Record {
                 principal: Some(owner).filter(|o| !o.is_empty()),
                 department,
                 action: "push".into(),
@@ -239,11 +239,14 @@ async fn recorder(state: AppState, mut rx: tokio::sync::mpsc::UnboundedReceiver<
                 target: Some(rule.to_string()),
                 detail: Some("webhook".into()),
                 ..crate::audit::Record::default()
-            };
-            if let Err(e) = state.audit.append(record).await {
-                tracing::error!(error = %e, "deliveries cannot be audited; they will be sent again");
-                audited = false;
-            }
+            });
+        }
+        // All at once: the audit writer commits them together.
+        let written = futures::future::join_all(records.into_iter().map(|r| state.audit.append(r))).await;
+        let mut audited = true;
+        for e in written.into_iter().filter_map(Result::err) {
+            tracing::error!(error = %e, "deliveries cannot be audited; they will be sent again");
+            audited = false;
         }
         let attempts: Vec<Attempt> =
             batch.iter().filter(|o| audited || !o.attempt.delivered).map(|o| o.attempt.clone()).collect();

@@ -361,6 +361,10 @@ async fn changed_rows(
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the table keeps no change data feed")?;
+    let range_key = (dataset.clone(), start + 1, end);
+    if let Some((was, after)) = state.push.changes.get(&range_key) {
+        return Ok((dataset.clone(), was, after));
+    }
     let ctx = datafusion::execution::context::SessionContext::new();
     ctx.register_table("feed", feed).map_err(|e| e.to_string())?;
     let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
@@ -378,7 +382,80 @@ async fn changed_rows(
         .sql(&format!("SELECT {columns} FROM feed WHERE _change_type IN ('update_preimage', 'delete')"))
         .await
         .map_err(|e| e.to_string())?;
+    // Held in memory when small, for the other rules over the same change;
+    // a large change is read again by each rule instead.
+    let mut budget = CHANGE_CACHE_BYTES;
+    if let Some(after_rows) = collect_within(after.clone(), &mut budget).await?
+        && let Some(was_rows) = collect_within(was.clone(), &mut budget).await?
+    {
+        state.push.changes.put(range_key, was_rows.clone(), after_rows.clone());
+        return Ok((dataset.clone(), was_rows, after_rows));
+    }
     Ok((dataset.clone(), was.into_view(), after.into_view()))
+}
+
+/// Memory the changed rows of one version range may take to be kept for
+/// the next rules.
+const CHANGE_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Version ranges whose changed rows are kept.
+const CHANGE_CACHE_ENTRIES: usize = 2;
+
+/// A version range of a dataset: its id and the first and last Delta versions.
+type ChangeKey = (String, i64, i64);
+
+/// A version range's changed rows: as they were, and as they are.
+type ChangedRows = (Arc<dyn TableProvider>, Arc<dyn TableProvider>);
+
+/// The changed rows (as they were, as they are) of the last few version
+/// ranges rules read.
+#[derive(Default)]
+pub struct ChangeCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(ChangeKey, ChangedRows)>>,
+}
+
+impl std::fmt::Debug for ChangeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeCache").finish_non_exhaustive()
+    }
+}
+
+impl ChangeCache {
+    fn get(&self, key: &ChangeKey) -> Option<ChangedRows> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().find(|(k, _)| k == key).map(|(_, rows)| rows.clone())
+    }
+
+    fn put(&self, key: ChangeKey, was: Arc<dyn TableProvider>, after: Arc<dyn TableProvider>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(k, _)| k != &key);
+        if entries.len() >= CHANGE_CACHE_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((key, (was, after)));
+    }
+}
+
+/// The rows of `df` in memory, unless they take more than `budget` bytes
+/// (which is reduced by what they take).
+async fn collect_within(
+    df: datafusion::dataframe::DataFrame,
+    budget: &mut usize,
+) -> Result<Option<Arc<dyn TableProvider>>, String> {
+    let mut stream = df.execute_stream().await.map_err(|e| e.to_string())?;
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let size = batch.get_array_memory_size();
+        if size > *budget {
+            return Ok(None);
+        }
+        *budget -= size;
+        batches.push(batch);
+    }
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|e| e.to_string())?;
+    Ok(Some(Arc::new(table)))
 }
 
 /// Whether `plan` reads one table and maps each of its rows on its own
