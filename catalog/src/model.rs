@@ -665,6 +665,10 @@ pub struct Grant {
     pub row_filter: Option<String>,
     /// When the grant ends; `None` for never.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Rows the department may receive from the dataset under this grant in
+    /// a day (Asia/Shanghai); `None` for no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_day: Option<u64>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
     /// The sharing request it answers, if any.
@@ -713,6 +717,9 @@ pub struct GrantScope {
     pub row_filter: Option<String>,
     /// When the grant ends; `None` for never.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Rows a day the grant allows (set by the provider when approving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_day: Option<u64>,
 }
 
 /// A sharing request: a department asks a provider for a dataset (or, for an

@@ -289,6 +289,7 @@ async fn run(a: Args) {
             unmask: vec!["monthly_amount".into()],
             row_filter: None,
             expires_at: None,
+            rows_per_day: None,
             revoked_at: None,
             request: None,
             created_by: "renshe_steward".into(),

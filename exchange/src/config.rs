@@ -121,7 +121,7 @@ pub struct PrincipalLimits {
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            requests_per_second: 5000,
+            requests_per_second: 20_000,
             concurrent_queries: 4,
             distinct_subjects_per_day: 100_000,
             principals: Default::default(),

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
+use gdx_policies::DataAuthorizer;
 
 use crate::config::LimitSettings;
 
@@ -20,6 +21,8 @@ pub struct Limiter {
     buckets: Mutex<HashMap<String, Bucket>>,
     queries: Mutex<HashMap<String, usize>>,
     subjects: Mutex<HashMap<String, DaySubjects>>,
+    /// Rows received under each grant with a quota, and the day they count for.
+    quotas: Mutex<HashMap<String, (NaiveDate, u64)>>,
 }
 
 /// A token bucket: `rate` tokens a second, holding at most two seconds' worth.
@@ -69,7 +72,13 @@ pub struct SubjectAlert {
 impl Limiter {
     /// Limits as configured.
     pub fn new(settings: LimitSettings) -> Self {
-        Self { settings, buckets: Mutex::default(), queries: Mutex::default(), subjects: Mutex::default() }
+        Self {
+            settings,
+            buckets: Mutex::default(),
+            queries: Mutex::default(),
+            subjects: Mutex::default(),
+            quotas: Mutex::default(),
+        }
     }
 
     /// Takes one request from the principal's bucket, or says how long to
@@ -139,6 +148,58 @@ impl Limiter {
             }
         }
         None
+    }
+}
+
+impl Limiter {
+    /// The first of `datasets` that `department` reads under a grant whose
+    /// rows for `day` are spent: the dataset and the grant's quota.
+    pub fn quota_spent<'a>(
+        &self,
+        data: &DataAuthorizer,
+        department: &str,
+        datasets: impl IntoIterator<Item = &'a String>,
+        now: DateTime<Utc>,
+        day: NaiveDate,
+    ) -> Option<(String, u64)> {
+        let used = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        for dataset in datasets {
+            let Some(grant) = data.grant(department, dataset, now) else { continue };
+            let Some(quota) = grant.rows_per_day else { continue };
+            let spent = used.get(&grant.id).filter(|(d, _)| *d == day).map_or(0, |(_, n)| *n);
+            if spent >= quota {
+                return Some((dataset.clone(), quota));
+            }
+        }
+        None
+    }
+
+    /// Counts `rows` received by `department` from each of `datasets`
+    /// against its grants with a quota.
+    pub fn count_quota_rows(
+        &self,
+        data: &DataAuthorizer,
+        department: &str,
+        datasets: &[String],
+        rows: u64,
+        now: DateTime<Utc>,
+        day: NaiveDate,
+    ) {
+        if rows == 0 {
+            return;
+        }
+        let mut used = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
+        for dataset in datasets {
+            let Some(grant) = data.grant(department, dataset, now) else { continue };
+            if grant.rows_per_day.is_none() {
+                continue;
+            }
+            let entry = used.entry(grant.id).or_insert((day, 0));
+            if entry.0 != day {
+                *entry = (day, 0);
+            }
+            entry.1 = entry.1.saturating_add(rows);
+        }
     }
 }
 

@@ -76,6 +76,7 @@ async fn setup(dir: &std::path::Path, rules: usize) -> (Arc<dyn MetaStore>, Data
         unmask: vec!["id_number".into()],
         row_filter: None,
         expires_at: None,
+        rows_per_day: None,
         revoked_at: None,
         request: None,
         created_by: "bench".into(),

@@ -180,6 +180,15 @@ impl DataAuthorizer {
         decision
     }
 
+    /// The grant in force at `now` that lets `department` read `dataset`, if any.
+    pub fn grant(&self, department: &str, dataset: &str, now: DateTime<Utc>) -> Option<Grant> {
+        let snapshot = self.current();
+        snapshot
+            .grants
+            .get(&(department.to_string(), dataset.to_string()))
+            .and_then(|gs| gs.iter().find(|g| g.in_force(now)).cloned())
+    }
+
     /// The plan decided anew, without the cache (for benchmarks and checks).
     pub fn plan_uncached(&self, principal: &Principal, dataset: &Dataset, now: DateTime<Utc>) -> Decision {
         decide(&self.current(), principal, dataset, now).0
@@ -356,6 +365,7 @@ mod tests {
             unmask: Vec::new(),
             row_filter: None,
             expires_at: None,
+            rows_per_day: None,
             revoked_at: None,
             request: None,
             created_by: "gongan_steward".into(),

@@ -43,6 +43,7 @@ codes! {
     PAYLOAD_TOO_LARGE = ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
     RATE_LIMITED = ("rate_limited", TOO_MANY_REQUESTS, "Too many requests");
+    QUOTA_EXCEEDED = ("quota_exceeded", TOO_MANY_REQUESTS, "The grant's rows for today are spent");
     REQUEST_TIMEOUT = ("request_timeout", REQUEST_TIMEOUT, "The request was not received in time");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable");
     RESOURCES_EXHAUSTED = ("resources_exhausted", SERVICE_UNAVAILABLE, "Not enough resources for this request");
@@ -154,8 +155,31 @@ impl ApiError {
     /// 429: over a limit; the client may try again after `wait` (told in
     /// whole seconds, at least one, in `Retry-After`).
     pub fn rate_limited(detail: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::retry_later(RATE_LIMITED, detail, wait)
+    }
+
+    /// An error of `code` that passes after `wait` (`Retry-After`).
+    pub fn retry_later(code: Code, detail: impl Into<String>, wait: std::time::Duration) -> Self {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Self { retry_after: Some(secs.max(1)), ..Self::new(RATE_LIMITED, detail) }
+        Self { retry_after: Some(secs.max(1)), ..Self::new(code, detail) }
+    }
+
+    /// 429 for a read under a grant whose rows for today are spent; it
+    /// passes again at midnight in Asia/Shanghai.
+    pub fn quota_exceeded(dataset: &str, quota: u64) -> Self {
+        let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("a valid offset"));
+        let now = chrono::Utc::now().with_timezone(&shanghai);
+        let midnight = now
+            .date_naive()
+            .succ_opt()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|t| t.and_local_timezone(shanghai).single());
+        let wait = midnight.and_then(|m| (m - now).to_std().ok()).unwrap_or(std::time::Duration::from_secs(3600));
+        Self::retry_later(
+            QUOTA_EXCEEDED,
+            format!("the grant of {dataset} allows {quota} rows a day and today's are spent"),
+            wait,
+        )
     }
 
     /// 404 for an object.

@@ -189,6 +189,17 @@ pub async fn query(
         n.datasets = versions.keys().cloned().collect();
         n.versions = versions.clone();
     });
+    if let Some(department) = &caller.principal.department
+        && let Some((d, quota)) = state.limits.quota_spent(
+            &state.data,
+            department,
+            versions.keys(),
+            chrono::Utc::now(),
+            gdx_catalog::catalog::today_shanghai(),
+        )
+    {
+        return Err(ApiError::quota_exceeded(&d, quota));
+    }
     tracing::info!(
         principal = %caller.principal.id,
         as_department = viewer.as_ref().and_then(|v| v.department.as_deref()).unwrap_or(""),
@@ -232,6 +243,8 @@ struct StreamTail {
     complete: bool,
     /// The caller's query slot, freed when the stream ends.
     _permit: Arc<QueryPermit>,
+    /// Where the rows that left count against grant quotas.
+    quotas: (Arc<crate::limits::Limiter>, Arc<gdx_policies::DataAuthorizer>),
 }
 
 impl StreamTail {
@@ -251,7 +264,14 @@ impl StreamTail {
             purpose: purpose.map(str::to_string),
             ..crate::audit::Record::default()
         };
-        Self { audit: state.audit.clone(), record: Some(record), rows: 0, complete: false, _permit: Arc::clone(permit) }
+        Self {
+            audit: state.audit.clone(),
+            record: Some(record),
+            rows: 0,
+            complete: false,
+            _permit: Arc::clone(permit),
+            quotas: (state.limits.clone(), state.data.clone()),
+        }
     }
 }
 
@@ -259,6 +279,12 @@ impl Drop for StreamTail {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
             record.rows = Some(self.rows);
+            if let Some(department) = &record.department {
+                let (limits, data) = &self.quotas;
+                let now = chrono::Utc::now();
+                let day = gdx_catalog::catalog::today_shanghai();
+                limits.count_quota_rows(data, department, &record.datasets, self.rows, now, day);
+            }
             record.outcome = if self.complete { "ok" } else { "failed" }.into();
             self.audit.append_detached(record);
         }

@@ -77,6 +77,17 @@ const UNRECORDED_READS: &[&str] = &[
     "/api/v1/datasets/{id}/versions",
 ];
 
+/// Routes whose `rows` are rows the caller received: they count against the
+/// quotas of the grants it reads under (a streamed answer counts its rows
+/// when it ends).
+const ROW_READS: &[&str] = &[
+    "/api/v1/query",
+    "/api/v1/datasets/{id}/records",
+    "/api/v1/datasets/{id}/records/{key}",
+    "/api/v1/datasets/{id}/records:batchGet",
+    "/api/v1/datasets/{id}/records:verify",
+];
+
 /// The action a route stands for.
 pub fn action_of(method: &Method, route: &str) -> String {
     let named = match (method.as_str(), route) {
@@ -165,6 +176,13 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
             .map(|a| subject_alert(p, note.department.clone(), &a)),
         _ => None,
     };
+    if status.is_success()
+        && let (Some(department), Some(rows)) = (&note.department, note.rows)
+        && ROW_READS.contains(&route.as_str())
+    {
+        let day = gdx_catalog::catalog::today_shanghai();
+        state.limits.count_quota_rows(&state.data, department, &note.datasets, rows, chrono::Utc::now(), day);
+    }
     let record = Record {
         principal: note.principal,
         department: note.department,

@@ -124,7 +124,19 @@ async fn target(
 ) -> ApiResult<Target> {
     let dataset = state.catalog.store().dataset(id).await?;
     caller.audit.note(|n| n.datasets = vec![dataset.id.clone()]);
-    let plan = state.data.plan(&caller.principal, &dataset, chrono::Utc::now()).map_err(|_| ApiError::denied())?;
+    let now = chrono::Utc::now();
+    let plan = state.data.plan(&caller.principal, &dataset, now).map_err(|_| ApiError::denied())?;
+    if let Some(department) = &caller.principal.department
+        && let Some((d, quota)) = state.limits.quota_spent(
+            &state.data,
+            department,
+            [&dataset.id],
+            now,
+            gdx_catalog::catalog::today_shanghai(),
+        )
+    {
+        return Err(ApiError::quota_exceeded(&d, quota));
+    }
     if dataset.primary_key.is_empty() {
         return Err(ApiError::invalid("dataset", format!("{id} has no primary key: its records cannot be looked up")));
     }

@@ -55,6 +55,10 @@ pub struct Approval {
     pub row_filter: Option<String>,
     /// An earlier end than asked.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Rows a day the department may receive under the grant (1 or more);
+    /// past it its reads of the dataset answer `429 quota_exceeded` until
+    /// the next day (Asia/Shanghai).
+    pub rows_per_day: Option<u64>,
 }
 
 /// A rejection.
@@ -137,6 +141,7 @@ pub async fn create(
             unmask: body.unmask,
             row_filter: None,
             expires_at: body.expires_at,
+            rows_per_day: None,
         },
         status: RequestStatus::Pending,
         created_at: at,
@@ -274,6 +279,7 @@ pub async fn approve(
         unmask: scope.unmask.clone(),
         row_filter: scope.row_filter.clone(),
         expires_at: scope.expires_at,
+        rows_per_day: scope.rows_per_day,
         revoked_at: None,
         request: Some(request.id.clone()),
         created_by: caller.principal.id.clone(),
@@ -421,8 +427,11 @@ fn narrowed(dataset: &Dataset, asked: &GrantScope, approval: Approval, at: DateT
     if expires_at.is_some_and(|e| e <= at) {
         errors.push(FieldError::new("expires_at", "must lie in the future"));
     }
+    if approval.rows_per_day == Some(0) {
+        errors.push(FieldError::new("rows_per_day", "must be at least 1 (leave it out for no quota)"));
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation(errors));
     }
-    Ok(GrantScope { columns, unmask, row_filter, expires_at })
+    Ok(GrantScope { columns, unmask, row_filter, expires_at, rows_per_day: approval.rows_per_day })
 }

@@ -244,3 +244,71 @@ async fn oversized_and_malformed_json_are_refused_before_any_work() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "nothing was created: {v}");
 }
+
+#[tokio::test]
+async fn a_grant_with_a_daily_quota_stops_reads_once_its_rows_are_spent() {
+    let s = TestServer::start().await;
+    s.department("gongan", "梅州市公安局", "441400").await;
+    s.department("renshe", "梅州市人社局", "441400").await;
+    let steward = s.principal("st", "gongan", &["steward"]).await;
+    let analyst = s.principal("an", "renshe", &["analyst"]).await;
+    let mut d = population("gongan", "residents", "1-02");
+    d["sharing"] = json!("conditional");
+    d["sharing_condition"] = json!("依法履职需要");
+    let (code, v) = s.post("/api/v1/datasets", &steward, d).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let mut csv = String::from("id_number,name,birth_date,county_code,income\n");
+    for i in 1..=2 {
+        csv.push_str(&format!("{},张三,1980-01-01,441402,100\n", id_number("441402", "19800101", i)));
+    }
+    let (code, v) =
+        s.upload("/api/v1/datasets/gongan.residents/versions", &steward, "text/csv", csv.into_bytes(), &[]).await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let (_, req) = s
+        .post(
+            "/api/v1/sharing-requests",
+            &analyst,
+            json!({"dataset": "gongan.residents", "purpose": "社保待遇发放核对"}),
+        )
+        .await;
+    let id = req["id"].as_str().expect("request id");
+    let approve = format!("/api/v1/sharing-requests/{id}/approve");
+    let (code, v) = s.post(&approve, &steward, json!({"rows_per_day": 0})).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (code, v) = s.post(&approve, &steward, json!({"rows_per_day": 3})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(v["approved"]["rows_per_day"], 3, "{v}");
+    let (_, grants) = s.get("/api/v1/grants", &analyst).await;
+    assert_eq!(grants[0]["rows_per_day"], 3, "{grants}");
+
+    let sql = json!({"sql": "SELECT name FROM gongan.residents"});
+    // 2 rows, then 2 more (the answer that crosses the quota is given whole), then none.
+    for _ in 0..2 {
+        let (code, v) = s.post("/api/v1/query", &analyst, sql.clone()).await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        assert_eq!(v["rows"].as_array().map(Vec::len), Some(2), "{v}");
+    }
+    let resp = s
+        .http()
+        .post(format!("{}/api/v1/query", s.url()))
+        .bearer_auth(&analyst)
+        .json(&sql)
+        .send()
+        .await
+        .expect("query");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=86_400).contains(&wait), "until midnight in Asia/Shanghai: {wait}");
+    let v: Value = resp.json().await.expect("problem");
+    assert_eq!(v["code"], "quota_exceeded", "{v}");
+    // A query of something else still runs; the provider is not limited by its grants.
+    let (code, v) = s.post("/api/v1/query", &analyst, json!({"sql": "SELECT 1"})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let (code, _) = s.post("/api/v1/query", &steward, sql.clone()).await;
+    assert_eq!(code, StatusCode::OK);
+}

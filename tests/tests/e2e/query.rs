@@ -359,6 +359,7 @@ async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() 
         unmask: vec!["id_number".into()],
         row_filter: Some("county_code = '441402'".into()),
         expires_at: Some(ends),
+        rows_per_day: None,
         revoked_at: None,
         request: None,
         created_by: "st".into(),

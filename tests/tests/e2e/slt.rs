@@ -182,6 +182,7 @@ async fn fixture(s: &TestServer) -> HashMap<String, String> {
         unmask: vec!["id_number".into()],
         row_filter: Some("county_code = '441403'".into()),
         expires_at: None,
+        rows_per_day: None,
         revoked_at: None,
         request: None,
         created_by: "provider".into(),
