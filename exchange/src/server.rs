@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use futures::StreamExt;
 use gdx_catalog::{Catalog, SqliteStore};
 use gdx_policies::{DataAuthorizer, RouteAuthorizer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -60,10 +61,25 @@ async fn serve(
             _ = &mut shutdown => break,
         };
         let body_timeout = timeouts.body;
-        let service = router.clone().map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
-            let mut req = req.map(|b| axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, b)));
-            req.extensions_mut().insert(ConnectInfo(peer.clone()));
-            req
+        let router = router.clone();
+        let service = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+            let (router, peer) = (router.clone(), peer.clone());
+            async move {
+                let (mut parts, body) = req.into_parts();
+                parts.extensions.insert(ConnectInfo(peer));
+                let body = axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_timeout, body));
+                // The handler reads the body through `feed`; what it leaves
+                // unread is read here after it answers (see `drain`).
+                let data = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+                let feed = futures::stream::unfold(data.clone(), |s| async move {
+                    let next = s.lock().await.next().await;
+                    next.map(|chunk| (chunk, s))
+                });
+                let request = axum::http::Request::from_parts(parts, axum::body::Body::from_stream(feed));
+                let response = router.oneshot(request).await;
+                drain(&data).await;
+                response
+            }
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
         let mut signal_rx = signal_rx.clone();
@@ -97,6 +113,31 @@ async fn serve(
     close_tx.closed().await;
     Ok(())
 }
+
+/// Reads what a handler left of its request body, up to [`DRAIN_BYTES`]
+/// within [`DRAIN_TIME`], before the answer goes out. A refusal is often
+/// answered before the body is read (a wrong credential, a wrong media
+/// type); closing the connection while the client is still sending resets
+/// it, and the client sees the reset instead of the answer.
+async fn drain(data: &tokio::sync::Mutex<axum::body::BodyDataStream>) {
+    let Ok(mut rest) = data.try_lock() else { return };
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = rest.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Bytes of a request body read after its answer, at most.
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
+
+/// Time spent reading the rest of a request body after its answer, at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running server.
 #[derive(Debug)]

@@ -417,7 +417,8 @@ impl Lake {
             table = t;
         }
         if let Some(retention) = vacuum {
-            let hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX);
+            // chrono's durations are bounded (hours() panics past them); a century is plenty.
+            let hours = i64::try_from(retention.as_secs() / 3600).unwrap_or(i64::MAX).min(100 * 366 * 24);
             let (_, metrics) = table
                 .vacuum()
                 .with_retention_period(chrono::Duration::hours(hours))

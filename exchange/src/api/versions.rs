@@ -481,6 +481,9 @@ pub struct MaintenanceRequest {
     pub retention_hours: Option<u64>,
 }
 
+/// The longest history a vacuum may be asked to keep.
+const MAX_RETENTION_HOURS: u64 = 100 * 366 * 24;
+
 /// Compacts and vacuums a dataset's table now (its steward, or an admin).
 #[utoipa::path(post, operation_id = "maintain_dataset", path = "/api/v1/datasets/{id}/maintenance", tag = "ingest",
     params(("id" = String, Path)), request_body = MaintenanceRequest,
@@ -495,6 +498,9 @@ pub async fn maintain(
 ) -> ApiResult<axum::Json<gdx_catalog::lake::Maintenance>> {
     let dataset = state.catalog.store().dataset(&id).await?;
     let hours = req.retention_hours.unwrap_or(state.config.vacuum_retention_hours);
+    if hours > MAX_RETENTION_HOURS {
+        return Err(ApiError::invalid("retention_hours", format!("must be at most {MAX_RETENTION_HOURS} (100 years)")));
+    }
     let vacuum = req.vacuum.unwrap_or(true).then(|| std::time::Duration::from_secs(hours.saturating_mul(3600)));
     let lock = state.lake.write_lock(&id);
     let _guard = lock.lock().await;

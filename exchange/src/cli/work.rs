@@ -62,6 +62,9 @@ pub enum RequestCmd {
         /// An earlier end than asked (RFC 3339).
         #[arg(long)]
         expires_at: Option<String>,
+        /// Rows a day the department may receive under the grant.
+        #[arg(long)]
+        rows_per_day: Option<u64>,
     },
     /// Reject a request.
     Reject {
@@ -183,7 +186,7 @@ pub async fn request(client: &Client, cmd: RequestCmd, as_json: bool) -> anyhow:
             print_list(&v, REQUEST_COLUMNS, as_json);
         }
         RequestCmd::Show { id } => print_object(&client.get(&path(&id, ""), &[]).await?, as_json),
-        RequestCmd::Approve { id, columns, unmask, row_filter, expires_at } => {
+        RequestCmd::Approve { id, columns, unmask, row_filter, expires_at, rows_per_day } => {
             let v = client
                 .post(
                     &path(&id, "/approve"),
@@ -192,6 +195,7 @@ pub async fn request(client: &Client, cmd: RequestCmd, as_json: bool) -> anyhow:
                         ("unmask", json!(unmask.map(|u| u.into_iter().filter(|c| !c.is_empty()).collect::<Vec<_>>()))),
                         ("row_filter", json!(row_filter)),
                         ("expires_at", json!(expires_at)),
+                        ("rows_per_day", json!(rows_per_day)),
                     ]),
                 )
                 .await?;
