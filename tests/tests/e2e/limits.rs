@@ -311,4 +311,13 @@ async fn a_grant_with_a_daily_quota_stops_reads_once_its_rows_are_spent() {
     assert_eq!(code, StatusCode::OK, "{v}");
     let (code, _) = s.post("/api/v1/query", &steward, sql.clone()).await;
     assert_eq!(code, StatusCode::OK);
+    // A retention no clock can hold is invalid input, not a failure.
+    let (code, v) = s
+        .post(
+            "/api/v1/datasets/gongan.residents/maintenance",
+            &steward,
+            json!({"retention_hours": 760377615445593088u64}),
+        )
+        .await;
+    assert_eq!((code, v["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("validation_failed")), "{v}");
 }
