@@ -232,6 +232,14 @@ pub fn population(department: &str, name: &str, code: &str) -> Value {
     })
 }
 
+/// [`population`] shared on condition (a grant is needed to read it).
+pub fn conditional_population(department: &str, name: &str, code: &str) -> Value {
+    let mut d = population(department, name, code);
+    d["sharing"] = json!("conditional");
+    d["sharing_condition"] = json!("依法履职需要");
+    d
+}
+
 /// A valid 18-digit resident ID number (GB 11643) for a region, birth date (`YYYYMMDD`) and sequence.
 pub fn id_number(region: &str, born: &str, seq: u32) -> String {
     let body = format!("{region}{born}{:03}", seq % 1000);

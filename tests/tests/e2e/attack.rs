@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gdx_tests::{ADMIN, TestServer, id_number, population};
+use gdx_tests::{ADMIN, TestServer, conditional_population, id_number, population};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -195,9 +195,7 @@ async fn another_departments_objects_are_not_found_as_if_absent() {
         s.department(id, name, "441400").await;
     }
     let owner = s.principal("owner", "gongan", &["steward"]).await;
-    let mut d = population("gongan", "residents", "1-02");
-    d["sharing"] = json!("conditional");
-    d["sharing_condition"] = json!("依法履职需要");
+    let d = conditional_population("gongan", "residents", "1-02");
     let (code, v) = s.post("/api/v1/datasets", &owner, d).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let asker = s.principal("asker", "renshe", &["analyst"]).await;

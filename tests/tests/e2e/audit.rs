@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use gdx_tests::{TestServer, id_number, population};
+use gdx_tests::{TestServer, conditional_population, id_number};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -27,9 +27,7 @@ async fn city() -> City {
     let analyst = s.principal("an", "renshe", &["analyst"]).await;
     let city_auditor = s.principal("au", "shenji", &["auditor"]).await;
     let renshe_auditor = s.principal("ra", "renshe", &["auditor"]).await;
-    let mut d = population("gongan", "residents", "1-02");
-    d["sharing"] = json!("conditional");
-    d["sharing_condition"] = json!("依法履职需要");
+    let d = conditional_population("gongan", "residents", "1-02");
     let (code, v) = s.post("/api/v1/datasets", &steward, d).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let a = id_number("441402", "19800101", 1);

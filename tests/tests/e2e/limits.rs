@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use gdx_exchange::config::PrincipalLimits;
-use gdx_tests::{ADMIN, TestServer, id_number, population};
+use gdx_tests::{ADMIN, TestServer, conditional_population, id_number, population};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +17,15 @@ fn only(principal: &str, limits: PrincipalLimits) -> impl FnOnce(&mut gdx_exchan
         c.query_max_rows = 10_000_000;
         c.limits.principals.insert(principal, limits);
     }
+}
+
+/// The seconds of a 429's `Retry-After`.
+fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds")
 }
 
 /// A department with a dataset of `rows` people, its steward `st` and a city auditor `au`.
@@ -56,12 +65,7 @@ async fn a_principal_over_its_rate_is_told_to_wait_and_others_are_not() {
     }
     let (i, resp) = limited.expect("the rate limit answers 429");
     assert!((9..=12).contains(&i), "the burst is about 10 requests, the 429 came after {i}");
-    let wait: u64 = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After in seconds");
+    let wait = retry_after(&resp);
     assert!((1..=2).contains(&wait), "{wait}");
     let v: Value = resp.json().await.expect("problem");
     assert_eq!(v["code"], "rate_limited", "{v}");
@@ -252,9 +256,7 @@ async fn a_grant_with_a_daily_quota_stops_reads_once_its_rows_are_spent() {
     s.department("renshe", "梅州市人社局", "441400").await;
     let steward = s.principal("st", "gongan", &["steward"]).await;
     let analyst = s.principal("an", "renshe", &["analyst"]).await;
-    let mut d = population("gongan", "residents", "1-02");
-    d["sharing"] = json!("conditional");
-    d["sharing_condition"] = json!("依法履职需要");
+    let d = conditional_population("gongan", "residents", "1-02");
     let (code, v) = s.post("/api/v1/datasets", &steward, d).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let mut csv = String::from("id_number,name,birth_date,county_code,income\n");
@@ -297,12 +299,7 @@ async fn a_grant_with_a_daily_quota_stops_reads_once_its_rows_are_spent() {
         .await
         .expect("query");
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    let wait: u64 = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let wait = retry_after(&resp);
     assert!((1..=86_400).contains(&wait), "until midnight in Asia/Shanghai: {wait}");
     let v: Value = resp.json().await.expect("problem");
     assert_eq!(v["code"], "quota_exceeded", "{v}");

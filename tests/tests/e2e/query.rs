@@ -1,6 +1,6 @@
 //! Governed SQL over HTTP: every identity sees what the rules allow, whatever it writes.
 
-use gdx_tests::{ADMIN, TestServer, id_number, population};
+use gdx_tests::{ADMIN, TestServer, conditional_population, id_number, population};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -331,9 +331,7 @@ async fn grants_written_elsewhere_take_effect_within_a_second_and_end_on_time() 
     s.department("renshe", "梅州市人社局", "441400").await;
     let steward = s.principal("st", "gongan", &["steward"]).await;
     let analyst = s.principal("an", "renshe", &["analyst"]).await;
-    let mut d = population("gongan", "residents", "1-02");
-    d["sharing"] = json!("conditional");
-    d["sharing_condition"] = json!("依法履职需要");
+    let d = conditional_population("gongan", "residents", "1-02");
     let (code, v) = s.post("/api/v1/datasets", &steward, d).await;
     assert_eq!(code, StatusCode::CREATED, "{v}");
     let (a, b) = (id_number("441402", "19800101", 1), id_number("441403", "19900101", 2));
