@@ -119,11 +119,6 @@ impl Limiter {
         Some(QueryPermit { limiter: Arc::clone(self), principal: principal.to_string() })
     }
 
-    /// The most queries the principal may run at once (0: no limit).
-    pub fn concurrent_queries_of(&self, principal: &str) -> usize {
-        self.settings.concurrent_queries_of(principal)
-    }
-
     /// Counts the subjects (their audit hashes) a principal looked up; says
     /// so once a day when the distinct ones reach its threshold.
     pub fn observe_subjects(&self, principal: &str, day: NaiveDate, hashes: &[String]) -> Option<SubjectAlert> {
@@ -153,15 +148,15 @@ impl Limiter {
 
 impl Limiter {
     /// The first of `datasets` that `department` reads under a grant whose
-    /// rows for `day` are spent: the dataset and the grant's quota.
+    /// rows for the day of `now` are spent: the dataset and the grant's quota.
     pub fn quota_spent<'a>(
         &self,
         data: &DataAuthorizer,
         department: &str,
         datasets: impl IntoIterator<Item = &'a String>,
         now: DateTime<Utc>,
-        day: NaiveDate,
     ) -> Option<(String, u64)> {
+        let day = quota_day(now);
         let used = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         for dataset in datasets {
             let Some(grant) = data.grant(department, dataset, now) else { continue };
@@ -183,11 +178,11 @@ impl Limiter {
         datasets: &[String],
         rows: u64,
         now: DateTime<Utc>,
-        day: NaiveDate,
     ) {
         if rows == 0 {
             return;
         }
+        let day = quota_day(now);
         let mut used = self.quotas.lock().unwrap_or_else(|p| p.into_inner());
         for dataset in datasets {
             let Some(grant) = data.grant(department, dataset, now) else { continue };
@@ -201,6 +196,11 @@ impl Limiter {
             entry.1 = entry.1.saturating_add(rows);
         }
     }
+}
+
+/// The day (Asia/Shanghai) quotas count `now` in.
+fn quota_day(now: DateTime<Utc>) -> NaiveDate {
+    now.with_timezone(&crate::push::cron::shanghai()).date_naive()
 }
 
 /// Seconds of a principal's rate a burst may spend at once.

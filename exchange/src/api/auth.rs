@@ -111,6 +111,21 @@ fn scope_of(principal: &Principal, route: &str, method: &Method, params: &[(Stri
 }
 
 impl Caller {
+    /// Refuses a read of `datasets` when one is read under a grant of the
+    /// caller's department whose rows for today are spent.
+    pub fn within_quotas<'a>(
+        &self,
+        state: &AppState,
+        datasets: impl IntoIterator<Item = &'a String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ApiResult<()> {
+        let Some(department) = &self.principal.department else { return Ok(()) };
+        match state.limits.quota_spent(&state.data, department, datasets, now) {
+            Some((dataset, quota)) => Err(ApiError::quota_exceeded(&dataset, quota)),
+            None => Ok(()),
+        }
+    }
+
     /// Completes a deferred decision once the handler knows the object's department.
     pub fn require(&self, state: &AppState, method: &Method, department: &str) -> ApiResult<()> {
         let scope = Scope::of(&self.principal, department);

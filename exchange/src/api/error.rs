@@ -167,7 +167,7 @@ impl ApiError {
     /// 429 for a read under a grant whose rows for today are spent; it
     /// passes again at midnight in Asia/Shanghai.
     pub fn quota_exceeded(dataset: &str, quota: u64) -> Self {
-        let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| unreachable!("a valid offset"));
+        let shanghai = crate::push::cron::shanghai();
         let now = chrono::Utc::now().with_timezone(&shanghai);
         let midnight = now
             .date_naive()

@@ -166,7 +166,7 @@ pub async fn query(
     // Held until the answer has left (a streamed one holds it in its tail).
     let permit = state.limits.start_query(&caller.principal.id).map(Arc::new).ok_or_else(|| {
         metrics::counter!("gdx_rate_limited_total", "limit" => "queries").increment(1);
-        let cap = state.limits.concurrent_queries_of(&caller.principal.id);
+        let cap = state.config.limits.concurrent_queries_of(&caller.principal.id);
         ApiError::rate_limited(
             format!("this principal already runs {cap} queries at once, its limit"),
             std::time::Duration::from_secs(1),
@@ -189,17 +189,7 @@ pub async fn query(
         n.datasets = versions.keys().cloned().collect();
         n.versions = versions.clone();
     });
-    if let Some(department) = &caller.principal.department
-        && let Some((d, quota)) = state.limits.quota_spent(
-            &state.data,
-            department,
-            versions.keys(),
-            chrono::Utc::now(),
-            gdx_catalog::catalog::today_shanghai(),
-        )
-    {
-        return Err(ApiError::quota_exceeded(&d, quota));
-    }
+    caller.within_quotas(&state, versions.keys(), chrono::Utc::now())?;
     tracing::info!(
         principal = %caller.principal.id,
         as_department = viewer.as_ref().and_then(|v| v.department.as_deref()).unwrap_or(""),
@@ -281,9 +271,7 @@ impl Drop for StreamTail {
             record.rows = Some(self.rows);
             if let Some(department) = &record.department {
                 let (limits, data) = &self.quotas;
-                let now = chrono::Utc::now();
-                let day = gdx_catalog::catalog::today_shanghai();
-                limits.count_quota_rows(data, department, &record.datasets, self.rows, now, day);
+                limits.count_quota_rows(data, department, &record.datasets, self.rows, chrono::Utc::now());
             }
             record.outcome = if self.complete { "ok" } else { "failed" }.into();
             self.audit.append_detached(record);

@@ -180,8 +180,7 @@ pub async fn record(State(state): State<AppState>, mut request: Request, next: N
         && let (Some(department), Some(rows)) = (&note.department, note.rows)
         && ROW_READS.contains(&route.as_str())
     {
-        let day = gdx_catalog::catalog::today_shanghai();
-        state.limits.count_quota_rows(&state.data, department, &note.datasets, rows, chrono::Utc::now(), day);
+        state.limits.count_quota_rows(&state.data, department, &note.datasets, rows, chrono::Utc::now());
     }
     let record = Record {
         principal: note.principal,

@@ -126,17 +126,7 @@ async fn target(
     caller.audit.note(|n| n.datasets = vec![dataset.id.clone()]);
     let now = chrono::Utc::now();
     let plan = state.data.plan(&caller.principal, &dataset, now).map_err(|_| ApiError::denied())?;
-    if let Some(department) = &caller.principal.department
-        && let Some((d, quota)) = state.limits.quota_spent(
-            &state.data,
-            department,
-            [&dataset.id],
-            now,
-            gdx_catalog::catalog::today_shanghai(),
-        )
-    {
-        return Err(ApiError::quota_exceeded(&d, quota));
-    }
+    caller.within_quotas(state, [&dataset.id], now)?;
     if dataset.primary_key.is_empty() {
         return Err(ApiError::invalid("dataset", format!("{id} has no primary key: its records cannot be looked up")));
     }
