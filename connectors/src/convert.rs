@@ -67,26 +67,44 @@ fn primitive<P: ArrowPrimitiveType>(
         .collect()
 }
 
+/// A column checked by its semantic type. Values are usually stored as given:
+/// the array is then shared, not copied; only a batch with a normalised
+/// (upper-cased, trimmed), blank or invalid value is rebuilt.
+fn semantic_strings(col: &Column, ci: usize, a: &StringArray, errors: &mut Vec<CellError>) -> ArrayRef {
+    let semantic = col.semantic.as_deref();
+    let mut changed: Vec<(usize, Option<String>)> = Vec::new();
+    for (index, v) in a.iter().enumerate() {
+        match v {
+            Some(s) if !is_blank(s) => match parse::semantic(semantic, s) {
+                Ok(None) => {}
+                Ok(Some(norm)) => changed.push((index, Some(norm))),
+                Err(message) => {
+                    errors.push(CellError { index, column: Some(ci), message });
+                    changed.push((index, None));
+                }
+            },
+            Some(_) => changed.push((index, None)),
+            None => {}
+        }
+    }
+    if changed.is_empty() {
+        return Arc::new(a.clone());
+    }
+    let mut b = StringBuilder::with_capacity(a.len(), a.value_data().len());
+    let mut next = changed.into_iter().peekable();
+    for (index, v) in a.iter().enumerate() {
+        match next.next_if(|(i, _)| *i == index) {
+            Some((_, replaced)) => b.append_option(replaced),
+            None => b.append_option(v),
+        }
+    }
+    Arc::new(b.finish())
+}
+
 fn from_strings(col: &Column, ci: usize, a: &StringArray, errors: &mut Vec<CellError>) -> Result<ArrayRef> {
     Ok(match col.column_type {
         ColumnType::String => match col.semantic.as_deref() {
-            Some("id_card" | "credit_code" | "phone") => {
-                let mut b = StringBuilder::with_capacity(a.len(), a.value_data().len());
-                for (index, v) in a.iter().enumerate() {
-                    match v {
-                        Some(s) if !is_blank(s) => match parse::semantic(col.semantic.as_deref(), s) {
-                            Ok(Some(norm)) => b.append_value(norm),
-                            Ok(None) => b.append_value(s),
-                            Err(message) => {
-                                errors.push(CellError { index, column: Some(ci), message });
-                                b.append_null();
-                            }
-                        },
-                        _ => b.append_null(),
-                    }
-                }
-                Arc::new(b.finish())
-            }
+            Some("id_card" | "credit_code" | "phone") => semantic_strings(col, ci, a, errors),
             _ => Arc::new(a.clone()),
         },
         ColumnType::Int64 => Arc::new(primitive::<Int64Type>(a, ci, errors, parse::int64)),
@@ -158,7 +176,7 @@ pub fn convert(columns: &[Column], raw: &[Raw], rows: usize) -> Result<Converted
             Raw::Typed(a) => from_typed(col, ci, a, &mut errors)?,
             Raw::Missing => new_null_array(&col.column_type.arrow_type(), rows),
         };
-        if !col.nullable {
+        if !col.nullable && array.null_count() > 0 {
             let flagged: std::collections::HashSet<usize> = errors[before..].iter().map(|e| e.index).collect();
             for index in (0..rows).filter(|i| array.is_null(*i) && !flagged.contains(i)) {
                 errors.push(CellError { index, column: Some(ci), message: "is required".into() });

@@ -1,12 +1,15 @@
 //! Primary-key uniqueness within one upload, in bounded memory.
 //!
 //! Each valid row's key is hashed to 128 bits and appended, with its row
-//! number, to one of [`BUCKETS`] files; at the end each bucket is sorted on
-//! its own, two at a time. Memory is two buckets (about 24 bytes × rows / 32), whatever the
-//! upload's size, and the disk holds 24 bytes per row.
+//! number, to one of [`BUCKETS`] files; at the end each bucket is checked on
+//! its own, two at a time, through a hash table of its keys. Memory is two
+//! buckets' tables (about 48 bytes × rows / 32), whatever the upload's size,
+//! and the disk holds 24 bytes per row.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
@@ -60,7 +63,7 @@ impl KeySet {
         self.writers[bucket].write_all(&rec).map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })
     }
 
-    /// Every repeated key, ordered by row. Buckets are sorted on two threads.
+    /// Every repeated key, ordered by row. Buckets are checked on two threads.
     pub fn finish(self) -> Result<Vec<Duplicate>> {
         for mut w in self.writers {
             w.flush().map_err(|source| Error::Io { path: self.dir.path().to_path_buf(), source })?;
@@ -96,28 +99,49 @@ impl KeySet {
     }
 }
 
-/// The repeated keys of one bucket file.
+/// The key hashes are uniformly random already: their low half serves as
+/// the hash table's hash.
+#[derive(Default)]
+struct LowHalf(u64);
+
+impl std::hash::Hasher for LowHalf {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, h: u128) {
+        self.0 = h as u64;
+    }
+}
+
+/// The repeated keys of one bucket file. Rows were appended in upload
+/// order, so the first row seen with a key is the first that had it.
 fn bucket_repeats(dir: &Path, i: usize) -> Result<Vec<Duplicate>> {
     let path = dir.join(format!("{i:02}"));
     let io = |source| Error::Io { path: path.clone(), source };
-    let mut bytes = Vec::new();
-    BufReader::new(File::open(&path).map_err(io)?).read_to_end(&mut bytes).map_err(io)?;
-    let mut recs: Vec<(u128, u64)> = bytes
-        .chunks_exact(24)
-        .map(|c| {
-            let mut k = [0u8; 16];
-            k.copy_from_slice(&c[..16]);
-            let mut r = [0u8; 8];
-            r.copy_from_slice(&c[16..]);
-            (u128::from_le_bytes(k), u64::from_le_bytes(r))
-        })
-        .collect();
-    drop(bytes);
-    recs.sort_unstable();
+    let file = File::open(&path).map_err(io)?;
+    let records = file.metadata().map_err(io)?.len() as usize / 24;
+    let mut first: HashMap<u128, u64, BuildHasherDefault<LowHalf>> =
+        HashMap::with_capacity_and_hasher(records, BuildHasherDefault::default());
+    let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut dups = Vec::new();
-    for w in recs.chunk_by(|x, y| x.0 == y.0) {
-        for dup in &w[1..] {
-            dups.push(Duplicate { row: dup.1, first: w[0].1 });
+    let mut rec = [0u8; 24];
+    for _ in 0..records {
+        reader.read_exact(&mut rec).map_err(io)?;
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&rec[..16]);
+        let mut r = [0u8; 8];
+        r.copy_from_slice(&rec[16..]);
+        let row = u64::from_le_bytes(r);
+        match first.entry(u128::from_le_bytes(k)) {
+            Entry::Occupied(e) => dups.push(Duplicate { row, first: *e.get() }),
+            Entry::Vacant(e) => {
+                e.insert(row);
+            }
         }
     }
     Ok(dups)

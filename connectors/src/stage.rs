@@ -579,7 +579,7 @@ fn check(
                 });
                 bad[e.index].push((column, e.message));
             }
-            let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(b.is_empty())).collect();
+            let all_valid = bad.iter().all(Vec::is_empty);
             if let Some(rj) = rejects.as_mut() {
                 for (i, errs) in bad.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
                     let mut values = serde_json::Map::new();
@@ -606,8 +606,14 @@ fn check(
                 Arc::new(UInt64Array::from_iter_values((0..d.rows as u64).map(|i| d.first_row + i)));
             let mut arrays = converted.columns;
             arrays.push(row_numbers);
-            let filtered = filter_record_batch(&RecordBatch::try_new(loose.clone(), arrays)?, &keep)?;
-            let batch = RecordBatch::try_new(schema.clone(), filtered.columns().to_vec())?;
+            // A batch without problems is passed on as it is, not copied.
+            let arrays = if all_valid {
+                arrays
+            } else {
+                let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(b.is_empty())).collect();
+                filter_record_batch(&RecordBatch::try_new(loose.clone(), arrays)?, &keep)?.columns().to_vec()
+            };
+            let batch = RecordBatch::try_new(schema.clone(), arrays)?;
             if batch.num_rows() == 0 {
                 continue;
             }
