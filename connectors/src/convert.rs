@@ -47,7 +47,8 @@ pub struct Converted {
 }
 
 fn is_blank(s: &str) -> bool {
-    s.trim().is_empty()
+    // Most values start with a visible ASCII character: no need to trim.
+    !s.as_bytes().first().is_some_and(|b| b.is_ascii_graphic()) && s.trim().is_empty()
 }
 
 fn primitive<P: ArrowPrimitiveType>(

@@ -9,10 +9,19 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, TimeZone};
 /// Days from 0001-01-01 (CE) to 1970-01-01.
 const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
+/// `s` without surrounding white space; values that begin and end with a
+/// visible ASCII character (nearly all) are returned as they are, unscanned.
+fn trim(s: &str) -> &str {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) if f.is_ascii_graphic() && l.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 /// A date as days since 1970-01-01.
 pub fn date(s: &str) -> Result<i32, String> {
-    let d =
-        parse_date(s.trim()).ok_or_else(|| format!("'{s}' is not a date (use 2024-01-02, 2024/1/2 or 20240102)"))?;
+    let d = parse_date(trim(s)).ok_or_else(|| format!("'{s}' is not a date (use 2024-01-02, 2024/1/2 or 20240102)"))?;
     Ok(chrono::Datelike::num_days_from_ce(&d) - UNIX_EPOCH_DAYS_FROM_CE)
 }
 
@@ -56,7 +65,7 @@ fn beijing() -> FixedOffset {
 
 /// A timestamp as microseconds since the Unix epoch (UTC).
 pub fn timestamp(s: &str) -> Result<i64, String> {
-    let t = s.trim();
+    let t = trim(s);
     let err = || format!("'{s}' is not a timestamp (use 2024-01-02T08:30:00+08:00 or 2024-01-02 08:30:00)");
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.timestamp_micros());
@@ -78,18 +87,18 @@ pub fn timestamp(s: &str) -> Result<i64, String> {
 
 /// A 64-bit integer.
 pub fn int64(s: &str) -> Result<i64, String> {
-    s.trim().parse().map_err(|_| format!("'{s}' is not an integer"))
+    trim(s).parse().map_err(|_| format!("'{s}' is not an integer"))
 }
 
 /// A 64-bit float.
 pub fn float64(s: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    let v: f64 = trim(s).parse().map_err(|_| format!("'{s}' is not a number"))?;
     if v.is_finite() { Ok(v) } else { Err(format!("'{s}' is not a finite number")) }
 }
 
 /// A boolean: true/false, 1/0, yes/no, t/f, y/n, 是/否.
 pub fn boolean(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
+    match trim(s).to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "t" | "y" | "是" => Ok(true),
         "false" | "0" | "no" | "f" | "n" | "否" => Ok(false),
         _ => Err(format!("'{s}' is not a boolean (true/false, 1/0, 是/否)")),
@@ -98,7 +107,7 @@ pub fn boolean(s: &str) -> Result<bool, String> {
 
 /// A decimal of `precision` digits, `scale` after the point, as the scaled integer.
 pub fn decimal(s: &str, precision: u8, scale: i8) -> Result<i128, String> {
-    let t = s.trim();
+    let t = trim(s);
     let bad = || format!("'{s}' is not a decimal number");
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
@@ -144,7 +153,7 @@ pub fn id_card_check(body: &[u8]) -> Option<u8> {
 /// Checks an 18-character resident ID number (GB 11643): digits, a real birth
 /// date, and the check character. Returns it normalised (upper-case `X`).
 pub fn id_card(s: &str) -> Result<Option<String>, String> {
-    let t = s.trim();
+    let t = trim(s);
     let b = t.as_bytes();
     if b.len() != 18 {
         return Err("a resident ID number has 18 characters".into());
@@ -162,7 +171,7 @@ pub fn id_card(s: &str) -> Result<Option<String>, String> {
 
 /// Checks a unified social credit code (GB 32100); returns it upper-cased.
 pub fn credit_code(s: &str) -> Result<Option<String>, String> {
-    let t = s.trim();
+    let t = trim(s);
     if t.len() != 18 {
         return Err("a unified social credit code has 18 characters".into());
     }
@@ -178,7 +187,7 @@ pub fn credit_code(s: &str) -> Result<Option<String>, String> {
 /// Checks the shape of a mainland mobile number: 11 digits starting 13–19,
 /// optionally after `+86` or `86`, with spaces or dashes between groups.
 pub fn phone(s: &str) -> Result<Option<String>, String> {
-    let t = s.trim();
+    let t = trim(s);
     let mobile =
         |b: &[u8]| b.len() == 11 && b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) && b.iter().all(u8::is_ascii_digit);
     if mobile(t.as_bytes()) {

@@ -33,6 +33,12 @@ use crate::model::Dataset;
 /// Parquet writers working at once.
 pub(super) const WRITERS: usize = 2;
 
+/// Rows a writer encodes between two checks of its file's size. Delta's
+/// default (1,024) cuts every batch into small slices, each paying the
+/// encoders' per-call cost; a file then passes its target size by at most
+/// one slice.
+const WRITE_SLICE_ROWS: usize = 16 * 1024;
+
 /// Failures of the blocking phases (reading staged and stored data), mapped
 /// to [`LakeError`] where they surface.
 #[derive(Debug)]
@@ -145,7 +151,7 @@ fn writer_config(dataset: &Dataset, schema: SchemaRef) -> WriterConfig {
         Vec::new(),
         Some(writer_properties(dataset)),
         NonZeroU64::new(TARGET_FILE_BYTES),
-        None,
+        Some(WRITE_SLICE_ROWS),
         num_indexed_cols,
         stats_columns,
     )
