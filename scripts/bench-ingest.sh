@@ -6,14 +6,14 @@
 #
 #   scripts/bench-ingest.sh [--rows N] [--runs R] [--quick]
 #
-# Defaults: 10,000,000 rows (about 1 GB of CSV), 3 runs each. --quick: 200,000
+# Defaults: 10,000,000 rows (about 1 GB of CSV), 5 runs each. --quick: 200,000
 # rows, 1 run. Needs a release build (cargo build --release); installs duckdb,
 # datafusion and polars into a virtual environment under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rows=10000000
-runs=3
+runs=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows="$2"; shift 2 ;;
