@@ -90,6 +90,7 @@ pub async fn deliverer(state: AppState) {
             }
         };
         let mut waiting = false;
+        let mut wanted = Vec::new();
         for (rule, _, sealed) in &rules {
             let Some(url) = &rule.def.webhook_url else { continue };
             let target = targets.entry(rule.id.clone()).or_insert_with(|| {
@@ -100,22 +101,30 @@ pub async fn deliverer(state: AppState) {
                     .and_then(|s| Secret::parse(&s).ok());
                 Some(Target { url, secret })
             });
-            let Some(target) = target.clone() else { continue };
+            if target.is_none() {
+                continue;
+            }
             let busy = in_flight(&flight).get(&rule.id).cloned().unwrap_or_default();
             if busy.len() >= PER_RULE {
                 waiting = true;
                 continue;
             }
-            let due = match state.push.store.due(&rule.id, now, PER_RULE - busy.len(), busy).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(rule = %rule.id, error = %e, "due deliveries cannot be read");
-                    continue;
-                }
-            };
+            wanted.push((rule.id.clone(), PER_RULE - busy.len(), busy));
+        }
+        // Every rule's due deliveries in one read: the loop runs after each
+        // batch of outcomes, and a read per rule made it wait on each.
+        let due = match state.push.store.due_per_rule(wanted, now).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "due deliveries cannot be read");
+                Vec::new()
+            }
+        };
+        for (rule, due) in due {
+            let Some(Some(target)) = targets.get(&rule) else { continue };
             for d in due {
-                in_flight(&flight).entry(rule.id.clone()).or_default().insert(d.seq);
-                let (client, target, tx, rule) = (client.clone(), target.clone(), tx.clone(), rule.id.clone());
+                in_flight(&flight).entry(rule.clone()).or_default().insert(d.seq);
+                let (client, target, tx, rule) = (client.clone(), target.clone(), tx.clone(), rule.clone());
                 let schedule = state.config.webhook_retry_secs.clone();
                 tasks.spawn(async move {
                     let subject = d.subject.clone();

@@ -140,7 +140,9 @@ async fn run(
         )
     };
     let plan = |changes| frame(state, &owner, &rule.def.sql, changes);
+    let started = std::time::Instant::now();
     let (df, versions) = tokio::time::timeout_at(deadline, plan(None)).await.map_err(|_| too_long())??;
+    let planned = started.elapsed();
     let names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     let subject_at = names.iter().position(|n| n == &rule.def.subject_column).ok_or_else(|| {
         ApiError::new(
@@ -168,6 +170,7 @@ async fn run(
         }
         _ => None,
     };
+    let changes_found = started.elapsed();
     let mut mode = "full";
     if let Some(((dataset, before, after), matched)) = changes {
         let (now_df, _) =
@@ -181,6 +184,7 @@ async fn run(
     } else {
         staging = stage(df, &names, subject_at, staging, deadline, &too_long).await?;
     }
+    let rows_read = started.elapsed();
     // The first evaluation of a rule without backfill only learns what matches.
     let emit = rule.def.backfill || rule_state.matched.is_some();
     let day = at.with_timezone(&super::cron::shanghai()).format("%Y-%m-%d").to_string();
@@ -216,7 +220,9 @@ async fn run(
     .await
     .map_err(|e| ApiError::internal(&e))?
     .map_err(|e| ApiError::internal(&e))?;
-    tracing::debug!(rule = %rule.id, mode, "rule rows read");
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::debug!(rule = %rule.id, mode, planned_ms = ms(planned), changes_ms = ms(changes_found - planned),
+        read_ms = ms(rows_read - changes_found), committed_ms = ms(started.elapsed() - rows_read), "rule rows read");
     Ok((evaluated, versions))
 }
 
@@ -545,13 +551,19 @@ async fn due(
 /// How often settled events past their retention are removed.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Rules evaluated at once. An evaluation waits on its commits (the rule's
+/// state and events, the audit record) as much as it computes, so two keep
+/// the cores busier than one; each has its own query memory pool.
+const EVALUATING: usize = 2;
+
 /// Longest the evaluator sleeps without a wake-up.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The evaluator: runs every rule whose trigger fired, then sleeps until a
-/// dataset changes, a rule is added or a schedule comes round. Datasets are
-/// compared with what each rule last saw, so commits made while the server
-/// was down are evaluated after a restart.
+/// The evaluator: runs every rule whose trigger fired ([`EVALUATING`] at a
+/// time), then sleeps until a dataset changes, a rule is added or a
+/// schedule comes round. Datasets are compared with what each rule last
+/// saw, so commits made while the server was down are evaluated after a
+/// restart.
 pub async fn evaluator(state: AppState) {
     let mut pruned: Option<tokio::time::Instant> = None;
     loop {
@@ -568,17 +580,26 @@ pub async fn evaluator(state: AppState) {
         let mut wake = tokio::time::Instant::now() + IDLE;
         match state.push.store.rules(None).await {
             Ok(rules) => {
+                let mut fired = Vec::new();
                 for (rule, rule_state, _) in rules {
                     let (reason, next) = due(&state, &rule, &rule_state, now).await;
                     if let Some(reason) = reason {
-                        // A failure is in the rule's state and the log already.
-                        let _ = evaluate(&state, &rule.id, reason).await;
+                        fired.push((rule.id, reason));
                     }
                     if let Some(next) = next {
                         let after = (next - Utc::now()).to_std().unwrap_or_default();
                         wake = wake.min(tokio::time::Instant::now() + after);
                     }
                 }
+                // A failure is in the rule's state and the log already.
+                futures::stream::iter(fired)
+                    .for_each_concurrent(EVALUATING, |(id, reason)| {
+                        let state = &state;
+                        async move {
+                            let _ = evaluate(state, &id, reason).await;
+                        }
+                    })
+                    .await;
             }
             Err(e) => tracing::error!(error = %e, "push rules cannot be read"),
         }

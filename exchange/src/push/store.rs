@@ -462,27 +462,41 @@ impl PushStore {
         limit: usize,
         skip: std::collections::HashSet<i64>,
     ) -> Result<Vec<Due>> {
-        let rule = rule.to_string();
+        let mut all = self.due_per_rule(vec![(rule.to_string(), limit, skip)], now).await?;
+        Ok(all.pop().map(|(_, due)| due).unwrap_or_default())
+    }
+
+    /// For each `(rule, limit, skip)`: up to `limit` deliveries of the rule
+    /// due by `now`, soonest first, leaving out `skip`; all in one read.
+    pub async fn due_per_rule(
+        &self,
+        wanted: Vec<(String, usize, std::collections::HashSet<i64>)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Vec<Due>)>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT d.event, e.id, e.subject, e.body, d.attempts FROM deliveries d JOIN events e ON e.seq = d.event \
                  WHERE d.rule = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
                  ORDER BY d.next_attempt_at, d.event LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![rule, now.timestamp_millis(), (limit + skip.len()) as i64], |r| {
-                Ok(Due { seq: r.get(0)?, id: r.get(1)?, subject: r.get(2)?, body: r.get(3)?, attempts: r.get(4)? })
-            })?;
-            let mut out = Vec::with_capacity(limit);
-            for d in rows {
-                let d = d?;
-                if !skip.contains(&d.seq) {
-                    out.push(d);
+            let mut all = Vec::with_capacity(wanted.len());
+            for (rule, limit, skip) in wanted {
+                let rows = stmt.query_map(params![rule, now.timestamp_millis(), (limit + skip.len()) as i64], |r| {
+                    Ok(Due { seq: r.get(0)?, id: r.get(1)?, subject: r.get(2)?, body: r.get(3)?, attempts: r.get(4)? })
+                })?;
+                let mut out = Vec::with_capacity(limit);
+                for d in rows {
+                    let d = d?;
+                    if !skip.contains(&d.seq) {
+                        out.push(d);
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-                if out.len() >= limit {
-                    break;
-                }
+                all.push((rule, out));
             }
-            Ok(out)
+            Ok(all)
         })
         .await
     }
