@@ -154,6 +154,9 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 pub struct Lake {
     root: PathBuf,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last state read of each table, by folder: opening the latest
+    /// version then reads only the commits made since, not the whole log.
+    latest: Mutex<HashMap<PathBuf, DeltaTable>>,
 }
 
 fn delta(dataset: &str) -> impl FnOnce(DeltaTableError) -> LakeError + '_ {
@@ -211,7 +214,7 @@ pub fn writer_properties(dataset: &Dataset) -> WriterProperties {
 impl Lake {
     /// The lake under `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), locks: Mutex::new(HashMap::new()) }
+        Self { root: root.into(), locks: Mutex::new(HashMap::new()), latest: Mutex::new(HashMap::new()) }
     }
 
     /// The folder of a dataset's table.
@@ -235,12 +238,24 @@ impl Lake {
 
     /// The dataset's table at its latest version, or `None` before the first push.
     pub async fn open(&self, dataset: &Dataset) -> Result<Option<DeltaTable>, LakeError> {
-        if !self.table_path(dataset).join("_delta_log").is_dir() {
+        let path = self.table_path(dataset);
+        if !path.join("_delta_log").is_dir() {
             return Ok(None);
         }
-        let url = self.url(dataset)?;
-        let table = DeltaTable::try_from_url(url).await.map_err(delta(&dataset.id))?;
-        Ok(table.version().is_some().then_some(table))
+        let known = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(&path).cloned();
+        let table = match known {
+            // Brought up to date with the commits since (a listing of the log when there are none).
+            Some(mut table) => match table.update_incremental(None).await {
+                Ok(()) => table,
+                Err(_) => DeltaTable::try_from_url(self.url(dataset)?).await.map_err(delta(&dataset.id))?,
+            },
+            None => DeltaTable::try_from_url(self.url(dataset)?).await.map_err(delta(&dataset.id))?,
+        };
+        if table.version().is_none() {
+            return Ok(None);
+        }
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).insert(path, table.clone());
+        Ok(Some(table))
     }
 
     /// Delta's change data feed of the commits `from..=to` (Delta versions)

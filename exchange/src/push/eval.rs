@@ -360,6 +360,11 @@ async fn changed_rows(
         }
         end = delta(version)?;
     }
+    // Other rules over the same change may have read it already.
+    let range_key = (dataset.clone(), start + 1, end);
+    if let Some((was, after)) = state.push.changes.get(&range_key) {
+        return Ok((dataset.clone(), was, after));
+    }
     let range = |v: i64| u64::try_from(v).map_err(|e| e.to_string());
     let feed = state
         .lake
@@ -367,10 +372,6 @@ async fn changed_rows(
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the table keeps no change data feed")?;
-    let range_key = (dataset.clone(), start + 1, end);
-    if let Some((was, after)) = state.push.changes.get(&range_key) {
-        return Ok((dataset.clone(), was, after));
-    }
     let ctx = datafusion::execution::context::SessionContext::new();
     ctx.register_table("feed", feed).map_err(|e| e.to_string())?;
     let q = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
