@@ -243,12 +243,14 @@ impl Lake {
             return Ok(None);
         }
         let known = self.latest.lock().unwrap_or_else(|p| p.into_inner()).get(&path).cloned();
-        let table = match known {
-            // Brought up to date with the commits since (a listing of the log when there are none).
-            Some(mut table) => match table.update_incremental(None).await {
-                Ok(()) => table,
-                Err(_) => DeltaTable::try_from_url(self.url(dataset)?).await.map_err(delta(&dataset.id))?,
-            },
+        // Brought up to date with the commits since (a listing of the log when
+        // there are none); read whole when unknown or when that fails.
+        let updated = match known {
+            Some(mut table) => table.update_incremental(None).await.ok().map(|()| table),
+            None => None,
+        };
+        let table = match updated {
+            Some(table) => table,
             None => DeltaTable::try_from_url(self.url(dataset)?).await.map_err(delta(&dataset.id))?,
         };
         if table.version().is_none() {

@@ -454,18 +454,6 @@ impl PushStore {
         .await
     }
 
-    /// Up to `limit` deliveries of `rule` due by `now`, soonest first, leaving out `skip`.
-    pub async fn due(
-        &self,
-        rule: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-        skip: std::collections::HashSet<i64>,
-    ) -> Result<Vec<Due>> {
-        let mut all = self.due_per_rule(vec![(rule.to_string(), limit, skip)], now).await?;
-        Ok(all.pop().map(|(_, due)| due).unwrap_or_default())
-    }
-
     /// For each `(rule, limit, skip)`: up to `limit` deliveries of the rule
     /// due by `now`, soonest first, leaving out `skip`; all in one read.
     pub async fn due_per_rule(
@@ -878,7 +866,8 @@ mod tests {
         assert_eq!((e.matched, e.events, e.gone), (3, 0, 0));
 
         // Retention: of the three old events, the delivered and the dead go; the pending one stays.
-        let due = store.due("r1", Utc::now(), 10, Default::default()).await.expect("due");
+        let mut due = store.due_per_rule(vec![("r1".into(), 10, Default::default())], Utc::now()).await.expect("due");
+        let due = due.pop().expect("the rule's deliveries").1;
         assert_eq!(due.len(), 5);
         let old_seqs: Vec<i64> = due
             .iter()
