@@ -9,6 +9,7 @@
 //! problems are reported by row and column. This crate never decides access.
 
 pub mod convert;
+mod csv;
 pub mod error;
 pub mod format;
 pub mod keys;

@@ -24,6 +24,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use gdx_catalog::{Column, Dataset};
 
 use crate::convert::{CellError, Raw, convert};
+use crate::csv::CsvDecoder;
 use crate::error::{Error, Result};
 use crate::format::{Charset, Format};
 use crate::keys::KeySet;
@@ -33,7 +34,7 @@ use crate::transcode::{SkipBom, Transcode};
 pub const ROW_COLUMN: &str = "__gdx_row";
 /// Most errors listed in an answer; all are counted.
 pub const MAX_LISTED: usize = 100;
-/// Rows per decoded batch.
+/// Rows per decoded batch (NDJSON, Parquet, Arrow; a CSV batch is a buffer of text, see `csv`).
 pub const BATCH_ROWS: usize = 8192;
 
 /// How to stage an upload.
@@ -140,9 +141,8 @@ struct Decoded {
 
 enum Source {
     Csv {
-        reader: Box<arrow::csv::reader::BufReader<Box<dyn BufRead + Send>>>,
+        decoder: CsvDecoder,
         map: Vec<Option<usize>>,
-        next_row: u64,
     },
     Ndjson {
         lines: Box<dyn BufRead + Send>,
@@ -207,6 +207,13 @@ impl Source {
                 let mut header = String::new();
                 buf.read_line(&mut header)
                     .map_err(|e| malformed(format, None, format!("cannot read the header row: {e}")))?;
+                if header.trim_end_matches('\n').trim_end_matches('\r').contains('\r') {
+                    return Err(malformed(
+                        format,
+                        None,
+                        "lines end in a lone carriage return (CR): save the file with LF or CRLF line ends",
+                    ));
+                }
                 if header.trim().is_empty() {
                     return Err(malformed(
                         format,
@@ -220,14 +227,7 @@ impl Source {
                     .map_err(|e| malformed(format, None, format!("bad header row: {e}")))?;
                 let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
                 let map = map_columns(columns, &names)?;
-                let text = Arc::new(Schema::new(
-                    (0..names.len()).map(|i| Field::new(format!("c{i}"), DataType::Utf8, true)).collect::<Vec<_>>(),
-                ));
-                let reader = arrow::csv::ReaderBuilder::new(text)
-                    .with_header(false)
-                    .with_batch_size(BATCH_ROWS)
-                    .build_buffered(buf)?;
-                Ok(Source::Csv { reader: Box::new(reader), map, next_row: 1 })
+                Ok(Source::Csv { decoder: CsvDecoder::new(Box::new(buf), names.len()), map })
             }
             Format::Ndjson => Ok(Source::Ndjson {
                 lines: Box::new(BufReader::with_capacity(1 << 16, input.reader()?)),
@@ -260,19 +260,18 @@ impl Source {
 
     fn next(&mut self) -> Result<Option<Decoded>> {
         match self {
-            Source::Csv { reader, map, next_row } => {
-                let Some(batch) = reader.next() else { return Ok(None) };
-                let batch = batch.map_err(|e| malformed(Format::Csv(Charset::Utf8), None, e.to_string()))?;
+            Source::Csv { decoder, map } => {
+                let batch =
+                    decoder.next_batch().map_err(|e| malformed(Format::Csv(Charset::Utf8), e.row, e.message))?;
+                let Some(batch) = batch else { return Ok(None) };
                 let raw = map
                     .iter()
                     .map(|m| match m {
-                        Some(si) => Raw::Strings(batch.column(*si).as_string::<i32>().clone()),
+                        Some(si) => Raw::Strings(batch.columns[*si].clone()),
                         None => Raw::Missing,
                     })
                     .collect();
-                let first_row = *next_row;
-                *next_row += batch.num_rows() as u64;
-                Ok(Some(Decoded { raw, rows: batch.num_rows(), row_errors: Vec::new(), first_row }))
+                Ok(Some(Decoded { raw, rows: batch.rows, row_errors: Vec::new(), first_row: batch.first_row }))
             }
             Source::Ndjson { lines, columns, line, eof } => {
                 if *eof {

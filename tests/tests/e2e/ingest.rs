@@ -193,8 +193,16 @@ async fn a_bad_file_commits_nothing_and_lists_its_problems() {
     let (code, p) = s.upload(PATH, &st, "text/csv; charset=utf-8", mislabelled, &[]).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("UTF-8")), "{p}");
-    let ragged = format!("id_number,name\n{a},张三,extra\n").into_bytes();
-    assert_eq!(s.upload(PATH, &st, "text/csv", ragged, &[]).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    let ragged = format!("id_number,name\n{a},张三\n{a},张三,extra\n").into_bytes();
+    let (code, p) = s.upload(PATH, &st, "text/csv", ragged, &[]).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["errors"][0]["row"], 2, "{p}");
+    assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("3 fields")), "{p}");
+    // Lines ended by a lone CR (old Mac exports) would read as one line: refused, saying why.
+    let mac = format!("id_number,name\r{a},张三\r").into_bytes();
+    let (code, p) = s.upload(PATH, &st, "text/csv", mac, &[]).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert!(p["errors"][0]["message"].as_str().is_some_and(|m| m.contains("carriage return")), "{p}");
     assert_eq!(
         s.upload(PATH, &st, "application/x-ndjson", b"{not json\n".to_vec(), &[]).await.0,
         StatusCode::UNPROCESSABLE_ENTITY
