@@ -7,10 +7,10 @@
 //!
 //! The decoder reads the upload a buffer at a time and takes every complete
 //! line in the buffer as one batch. The buffer's text is checked as UTF-8 in
-//! one pass (`simdutf8`); a line without a quote, nearly every line of real
-//! data, is split on the commas a SIMD search finds (`memchr`), and each
-//! field copied once, straight into its column. A record with a quote is
-//! read character by character. Compared with `arrow-csv` (a byte-at-a-time
+//! one pass (`simdutf8`); commas, line ends and quotes are found eight bytes
+//! at a time, and in a line without a quote (nearly every line of real data)
+//! each field is copied once, straight into its column. A record with a
+//! quote is read field by field, its `""` undone. Compared with `arrow-csv` (a byte-at-a-time
 //! state machine copying fields into a record buffer, then the buffer's
 //! validation, then a second copy into the columns), this is a large share
 //! of a push's CPU saved.
@@ -187,9 +187,27 @@ fn append(column: &mut StringBuilder, value: &str) {
     if value.is_empty() { column.append_null() } else { column.append_value(value) }
 }
 
+/// Eight copies of a byte.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+const LOW7: u64 = splat(0x7f);
+
+/// The high bit of each byte of `word` that equals `b` (exactly: no carries
+/// cross bytes).
+#[inline]
+fn bytes_equal(word: u64, b: u8) -> u64 {
+    let x = word ^ splat(b);
+    !((x & LOW7).wrapping_add(LOW7) | x | LOW7)
+}
+
 /// Parses the records of `text` (whole lines; the last one may lack its
 /// line end only when `last` says the upload ends there) into `columns`,
 /// counting `rows` and `lines`. The first record is data row `first_row`.
+///
+/// Commas, line ends and quotes are found eight bytes at a time: far fewer
+/// steps than a search per field, whose fields are a few bytes long.
 fn parse(
     text: &str,
     last: bool,
@@ -200,51 +218,84 @@ fn parse(
     first_row: u64,
 ) -> Result<Stop, CsvError> {
     let bytes = text.as_bytes();
-    let fields = columns.len();
+    // Where the current record's fields end (its commas).
+    let mut commas: Vec<usize> = Vec::with_capacity(columns.len());
+    let mut record = 0;
     let mut p = 0;
-    let mut quote = memchr(b'"', bytes).unwrap_or(bytes.len());
-    while p < bytes.len() {
-        let row = first_row + *rows as u64;
-        let nl = memchr(b'\n', &bytes[p..]).map_or(bytes.len(), |i| p + i);
-        if quote < p {
-            quote = memchr(b'"', &bytes[p..]).map_or(bytes.len(), |i| p + i);
-        }
-        if quote < nl {
-            match quoted_record(text, p, last, columns, scratch, row)? {
-                Some((next, newlines)) => {
-                    *rows += 1;
-                    *lines += newlines;
-                    p = next;
-                    continue;
+    'words: while p < bytes.len() {
+        let word = match bytes.get(p..p + 8) {
+            Some(w) => u64::from_le_bytes(w.try_into().unwrap_or_default()),
+            None => {
+                // Padded with spaces, which mean nothing here.
+                let mut w = [b' '; 8];
+                w[..bytes.len() - p].copy_from_slice(&bytes[p..]);
+                u64::from_le_bytes(w)
+            }
+        };
+        let mut found = bytes_equal(word, b',') | bytes_equal(word, b'\n') | bytes_equal(word, b'"');
+        while found != 0 {
+            let i = p + (found.trailing_zeros() / 8) as usize;
+            found &= found - 1;
+            match bytes[i] {
+                b',' => commas.push(i),
+                b'\n' => {
+                    *lines += 1;
+                    if plain_record(text, record, i, &mut commas, columns, first_row + *rows as u64)? {
+                        *rows += 1;
+                    }
+                    record = i + 1;
                 }
-                None => return Ok(Stop::Incomplete(p)),
+                _ => match quoted_record(text, record, last, columns, scratch, first_row + *rows as u64)? {
+                    Some((next, newlines)) => {
+                        *rows += 1;
+                        *lines += newlines;
+                        commas.clear();
+                        record = next;
+                        p = next;
+                        continue 'words;
+                    }
+                    None => return Ok(Stop::Incomplete(record)),
+                },
             }
         }
+        p += 8;
+    }
+    if record < bytes.len() {
+        // The upload's last line, without a line end.
         *lines += 1;
-        let line = text[p..nl].strip_suffix('\r').unwrap_or(&text[p..nl]);
-        p = (nl + 1).min(bytes.len());
-        if line.is_empty() {
-            continue;
+        if plain_record(text, record, bytes.len(), &mut commas, columns, first_row + *rows as u64)? {
+            *rows += 1;
         }
-        let mut n = 0;
-        let mut start = 0;
-        for comma in memchr_iter(b',', line.as_bytes()) {
-            if n < fields {
-                append(&mut columns[n], &line[start..comma]);
-            }
-            n += 1;
-            start = comma + 1;
-        }
-        if n < fields {
-            append(&mut columns[n], &line[start..]);
-        }
-        n += 1;
-        if n != fields {
-            return Err(field_count(row, n, fields));
-        }
-        *rows += 1;
     }
     Ok(Stop::Done)
+}
+
+/// Appends the record without quotes at `start..end` (its line end excluded),
+/// whose commas are `commas` (then cleared); `false` for a blank line.
+fn plain_record(
+    text: &str,
+    start: usize,
+    end: usize,
+    commas: &mut Vec<usize>,
+    columns: &mut [StringBuilder],
+    row: u64,
+) -> Result<bool, CsvError> {
+    let end = if end > start && text.as_bytes()[end - 1] == b'\r' { end - 1 } else { end };
+    if commas.is_empty() && end == start {
+        return Ok(false);
+    }
+    if commas.len() + 1 != columns.len() {
+        let found = commas.len() + 1;
+        commas.clear();
+        return Err(field_count(row, found, columns.len()));
+    }
+    let mut from = start;
+    for (column, &to) in columns.iter_mut().zip(commas.iter().chain(std::iter::once(&end))) {
+        append(column, &text[from..to]);
+        from = to + 1;
+    }
+    commas.clear();
+    Ok(true)
 }
 
 fn field_count(row: u64, found: usize, fields: usize) -> CsvError {
@@ -347,6 +398,26 @@ mod tests {
 
     fn row(v: &[&str]) -> Vec<Option<String>> {
         v.iter().map(|s| (!s.is_empty()).then(|| s.to_string())).collect()
+    }
+
+    #[test]
+    fn bytes_equal_marks_exactly_the_equal_bytes() {
+        for target in [b',', b'\n', b'"'] {
+            for b in 0..=255u8 {
+                for at in 0..8 {
+                    // Neighbours that could carry into the byte: 0x00, 0x80, 0xff, and the target itself.
+                    for fill in [0x00u8, 0x80, 0xff, target] {
+                        let mut w = [fill; 8];
+                        w[at] = b;
+                        let m = bytes_equal(u64::from_le_bytes(w), target);
+                        for (k, v) in w.iter().enumerate() {
+                            assert_eq!(m >> (8 * k + 7) & 1 == 1, *v == target, "{w:?} {target}");
+                        }
+                        assert_eq!(m & !splat(0x80), 0);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
