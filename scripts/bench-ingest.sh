@@ -2,7 +2,7 @@
 # Ingest benchmark: pushing a population CSV to a committed GDX version, side
 # by side with DuckDB and Apache DataFusion (Python) converting the same CSV
 # to Parquet, in one run on this machine. Reports MB/s and peak RSS, checks
-# that every system holds the same rows, and writes docs/benchmarks.md.
+# that every system holds the same rows, and prints the table docs/benchmarks.md records.
 #
 #   scripts/bench-ingest.sh [--rows N] [--runs R] [--quick]
 #
