@@ -535,6 +535,9 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
     }
     let rows = if picked.is_empty() {
         RecordBatch::new_empty(schema)
+    } else if let [(batch, row)] = picked[..] {
+        // One row (a single lookup): a view of it, nothing copied.
+        batches[batch].slice(row, 1)
     } else {
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         arrow::compute::interleave_record_batch(&refs, &picked).map_err(|e| arrow_err(&e))?

@@ -183,19 +183,31 @@ fn lookup_error(e: LookupError) -> ApiError {
     }
 }
 
-/// The rows of `keys` as the caller sees them: per key, its record (or none:
-/// missing or outside the row filter).
-async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResult<Vec<Option<Value>>> {
-    let n = keys.len();
+/// The rows of `keys` as the caller sees them (masked, the caller's columns)
+/// and, per key, its row among them when it exists within the caller's row
+/// filter; `None` before the first version.
+async fn governed(
+    state: &AppState,
+    t: &Target,
+    keys: Vec<Vec<String>>,
+) -> ApiResult<Option<(RecordBatch, Vec<Option<usize>>)>> {
     if t.version.is_none() {
         // Nothing pushed yet: every key is missing, once it is of the right type.
         gdx_catalog::lake::records::parse_keys(&t.dataset, &keys).map_err(lookup_error)?;
     }
-    let Some((rows, index)) = in_clear(state, t, keys).await? else { return Ok(vec![None; n]) };
+    let Some((rows, index)) = in_clear(state, t, keys).await? else { return Ok(None) };
     let g = &t.governance;
     let shown = crate::query::govern(rows, None, &g.outputs, &g.schema, &g.key).map_err(|e| ApiError::internal(&e))?;
+    Ok(Some((shown, index)))
+}
+
+/// Per key, its record as the caller sees it (or none: missing or outside
+/// the row filter).
+async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResult<Vec<Option<Value>>> {
+    let n = keys.len();
+    let Some((shown, index)) = governed(state, t, keys).await? else { return Ok(vec![None; n]) };
     let rows = super::query::json_rows(&shown).map_err(|e| ApiError::internal(&e))?;
-    let names: Vec<&str> = g.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let names: Vec<&str> = t.governance.schema.fields().iter().map(|f| f.name().as_str()).collect();
     Ok(index
         .iter()
         .map(|i| {
@@ -204,6 +216,43 @@ async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResul
             })
         })
         .collect())
+}
+
+/// Row `row` of `shown` as one JSON object, written by Arrow's JSON writer
+/// straight into bytes (every column named, nulls as `null`, decimals as
+/// strings like SQL answers), without a `serde_json::Value` in between.
+fn record_json(shown: &RecordBatch, row: usize) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    use arrow::datatypes::DataType;
+    let one = shown.slice(row, 1);
+    let decimal = |t: &DataType| {
+        matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..))
+    };
+    let one = if one.schema().fields().iter().any(|f| decimal(f.data_type())) {
+        let mut fields = Vec::with_capacity(one.num_columns());
+        let mut columns = Vec::with_capacity(one.num_columns());
+        for (f, c) in one.schema().fields().iter().zip(one.columns()) {
+            if decimal(f.data_type()) {
+                fields.push(Field::new(f.name(), DataType::Utf8, true));
+                columns.push(arrow::compute::cast(c, &DataType::Utf8)?);
+            } else {
+                fields.push(f.as_ref().clone());
+                columns.push(c.clone());
+            }
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
+    } else {
+        one
+    };
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(Vec::with_capacity(512));
+    writer.write(&one)?;
+    writer.finish()?;
+    let mut out = writer.into_inner();
+    while out.last().is_some_and(u8::is_ascii_whitespace) {
+        out.pop();
+    }
+    Ok(out)
 }
 
 /// The rows of `keys` in clear and, per key, its row among them when it
@@ -280,14 +329,33 @@ pub struct AsOf {
     pub as_of: Option<i64>,
 }
 
-async fn one(state: &AppState, caller: &Caller, id: &str, key: Key, as_of: Option<i64>) -> ApiResult<RecordAnswer> {
+/// The body of a found record: `{"record": {...}, "version": N}` as JSON bytes
+/// (a [`RecordAnswer`]).
+#[derive(Debug)]
+pub struct RecordBody(Vec<u8>);
+
+impl axum::response::IntoResponse for RecordBody {
+    fn into_response(self) -> axum::response::Response {
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+async fn one(state: &AppState, caller: &Caller, id: &str, key: Key, as_of: Option<i64>) -> ApiResult<RecordBody> {
     let t = target(state, caller, id, as_of, true).await?;
     let (values, subject) = key_values(&t.dataset, &key, "key")?;
     caller.audit.note(|n| n.subjects = vec![subject]);
-    let record = fetch(state, &t, vec![values]).await?.pop().flatten();
-    caller.audit.note(|n| n.rows = Some(u64::from(record.is_some())));
-    match (record, t.version) {
-        (Some(record), Some((version, _))) => Ok(RecordAnswer { record, version }),
+    let found = governed(state, &t, vec![values]).await?;
+    let hit = found.as_ref().and_then(|(shown, index)| index[0].map(|row| (shown, row)));
+    caller.audit.note(|n| n.rows = Some(u64::from(hit.is_some())));
+    match (hit, t.version) {
+        (Some((shown, row)), Some((version, _))) => {
+            let record = record_json(shown, row).map_err(|e| ApiError::internal(&e))?;
+            let mut body = Vec::with_capacity(record.len() + 32);
+            body.extend_from_slice(b"{\"record\":");
+            body.extend_from_slice(&record);
+            body.extend_from_slice(format!(",\"version\":{version}}}").as_bytes());
+            Ok(RecordBody(body))
+        }
         _ => Err(ApiError::not_found("record", "with this key")),
     }
 }
@@ -304,8 +372,8 @@ pub async fn get_one(
     Extension(caller): Extension<Caller>,
     Path((id, key)): Path<(String, String)>,
     Query(p): Query<AsOf>,
-) -> ApiResult<axum::Json<RecordAnswer>> {
-    Ok(axum::Json(one(&state, &caller, &id, Key::One(key), p.as_of).await?))
+) -> ApiResult<RecordBody> {
+    one(&state, &caller, &id, Key::One(key), p.as_of).await
 }
 
 /// One record by a composite key: `?col=value&col2=value2` (and `as_of`).
@@ -320,12 +388,12 @@ pub async fn get_by_columns(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(mut params): Query<BTreeMap<String, String>>,
-) -> ApiResult<axum::Json<RecordAnswer>> {
+) -> ApiResult<RecordBody> {
     let as_of = match params.remove("as_of") {
         Some(v) => Some(v.parse().map_err(|_| ApiError::invalid("as_of", "must be a version number"))?),
         None => None,
     };
-    Ok(axum::Json(one(&state, &caller, &id, Key::Columns(params), as_of).await?))
+    one(&state, &caller, &id, Key::Columns(params), as_of).await
 }
 
 /// A batch of keys.

@@ -56,6 +56,11 @@ async fn lookups_follow_the_access_plan_and_are_tracked() {
         (&v["record"]["name"], &v["record"]["income"], &v["version"]),
         (&json!("张三"), &json!("100.00"), &json!(1))
     );
+    // A single lookup writes its record directly; a batch builds it value by value: the same record.
+    let (code, batch) = s.post(&record(":batchGet"), &steward, json!({"keys": [a]})).await;
+    assert_eq!(code, StatusCode::OK, "{batch}");
+    assert_eq!(batch["records"], json!([v["record"]]));
+    assert_eq!(v.as_object().map(|o| o.len()), Some(2), "record and version only: {v}");
 
     // A service of another department: the ID is hashed for it, so no lookup (it would be an oracle).
     let (code, v) = s.get(&record(&format!("/{a}")), &service).await;
