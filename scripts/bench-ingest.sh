@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Ingest benchmark: pushing a population CSV to a committed GDX version, side
-# by side with DuckDB and Apache DataFusion (Python) converting the same CSV
-# to Parquet, in one run on this machine. Reports MB/s and peak RSS, checks
-# that every system holds the same rows, and prints the table docs/benchmarks.md records.
+# Ingest benchmark: pushing a population register as CSV and as NDJSON to a
+# committed GDX version, side by side with DuckDB and Apache DataFusion
+# (Python) converting the same file to Parquet, in one run on this machine.
+# Reports MB/s and peak RSS, checks that every system holds the same rows
+# before any time is reported, and prints one table per format.
 #
-#   scripts/bench-ingest.sh [--rows N] [--runs R] [--quick]
+#   scripts/bench-ingest.sh [--rows N] [--runs R] [--quick] [--formats csv,ndjson] [--figures FILE]
 #
 # Defaults: 10,000,000 rows (about 1 GB of CSV), 5 runs each. --quick: 200,000
-# rows, 1 run. Needs a release build (cargo build --release); installs duckdb,
-# datafusion and polars into a virtual environment under ~/.cache.
+# rows, 3 runs. --figures appends one JSON object per figure to FILE (read by
+# scripts/bench.sh). Needs a release build (cargo build --release); installs
+# duckdb, datafusion and polars into a virtual environment under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rows=10000000
 runs=5
+formats=csv,ndjson
+figures=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows="$2"; shift 2 ;;
         --runs) runs="$2"; shift 2 ;;
-        --quick) rows=200000; runs=1; shift ;;
+        --quick) rows=200000; runs=3; shift ;;
+        --formats) formats="$2"; shift 2 ;;
+        --figures) figures="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -37,11 +43,16 @@ trap 'rm -rf "$work"' EXIT
 csv="$work/population.csv"
 echo "bench: generating $rows rows" >&2
 "$gdx" datagen population --rows "$rows" --seed 42 --out "$csv" 2>/dev/null
-bytes=$(stat -c %s "$csv")
 "$gdx" datagen population --definition gongan > "$work/population.json"
-
-results="$work/results.tsv"
-: > "$results"
+if [[ ",$formats," == *",ndjson,"* ]]; then
+    echo "bench: writing the same rows as NDJSON" >&2
+    "$venv/bin/python" - "$csv" "$work/population.ndjson" <<'PY'
+import duckdb, sys
+con = duckdb.connect()
+con.execute("SET threads TO 2")
+con.execute(f"COPY (SELECT * FROM read_csv('{sys.argv[1]}', header=true, all_varchar=true)) TO '{sys.argv[2]}' (FORMAT json)")
+PY
+fi
 
 gdx_run() {
     local run="$1" dir="$work/gdx-$1" port
@@ -59,7 +70,7 @@ gdx_run() {
     GDX_URL="$url" GDX_TOKEN="$steward" "$gdx" dataset register "$work/population.json" >/dev/null
     local t0 t1
     t0=$(date +%s.%N)
-    GDX_URL="$url" GDX_TOKEN="$steward" "$gdx" push gongan.population "$csv" --json > "$work/push.json" 2>/dev/null
+    GDX_URL="$url" GDX_TOKEN="$steward" "$gdx" push gongan.population "$input" --json > "$work/push.json" 2>/dev/null
     t1=$(date +%s.%N)
     local rss
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
@@ -69,15 +80,16 @@ gdx_run() {
 import polars as pl
 df = pl.read_delta('$dir/lake/gongan/population')
 print(df.height, df['id_number'].n_unique(), df['birth_date'].cast(pl.Int64).sum())")
-    echo -e "GDX push (CSV → Delta, validated)\t$run\t$t0\t$t1\t$rss\t$check" >> "$results"
+    echo -e "GDX push ($label → Delta, validated)\t$run\t$t0\t$t1\t$rss\t$check" >> "$results"
     rm -rf "$dir"
 }
 
 py_run() {
     local system="$1" run="$2"
-    "$venv/bin/python" - "$system" "$csv" "$work/out-$system.parquet" <<'PY' >> "$results"
+    "$venv/bin/python" - "$system" "$input" "$work/out-$system.parquet" "$label" <<'PY' >> "$results"
 import resource, sys, time
-system, csv, out = sys.argv[1], sys.argv[2], sys.argv[3]
+system, path, out, label = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+ndjson = path.endswith(".ndjson")
 cols = {"id_number": "VARCHAR", "name": "VARCHAR", "gender": "VARCHAR", "birth_date": "DATE",
         "county_code": "VARCHAR", "address": "VARCHAR", "phone": "VARCHAR"}
 t0 = time.time()
@@ -86,21 +98,26 @@ if system == "duckdb":
     con = duckdb.connect()
     con.execute("SET threads TO 2")
     spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in cols.items()) + "}"
-    con.execute(f"COPY (SELECT * FROM read_csv('{csv}', header=true, columns={spec})) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+    source = f"read_json('{path}', format='newline_delimited', columns={spec})" if ndjson \
+        else f"read_csv('{path}', header=true, columns={spec})"
+    con.execute(f"COPY (SELECT * FROM {source}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
     t1 = time.time()
     n, u, s = con.execute(f"SELECT count(*), count(DISTINCT id_number), sum(datediff('day', DATE '1970-01-01', birth_date)) FROM '{out}'").fetchone()
-    name = "DuckDB (CSV → Parquet)"
+    name = f"DuckDB ({label} → Parquet)"
 else:
     import datafusion, pyarrow as pa
     ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(2))
     schema = pa.schema([(k, pa.date32() if v == "DATE" else pa.string()) for k, v in cols.items()])
-    ctx.register_csv("p", csv, schema=schema, has_header=True)
+    if ndjson:
+        ctx.register_json("p", path, schema=schema, file_extension=".ndjson")
+    else:
+        ctx.register_csv("p", path, schema=schema, has_header=True)
     ctx.sql(f"COPY p TO '{out}' STORED AS PARQUET OPTIONS ('format.compression' 'zstd(3)')").collect()
     t1 = time.time()
     ctx.register_parquet("o", out)
     r = ctx.sql("SELECT count(*) AS n, count(DISTINCT id_number) AS u, sum(CAST(birth_date AS BIGINT)) AS s FROM o").to_pydict()
     n, u, s = r["n"][0], r["u"][0], r["s"][0]
-    name = "DataFusion (CSV → Parquet)"
+    name = f"DataFusion ({label} → Parquet)"
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(f"{name}\t{sys.argv[0]}\t{t0}\t{t1}\t{rss}\t{n} {u} {s}")
 PY
@@ -109,16 +126,24 @@ PY
     rm -f "$work/out-$system.parquet"
 }
 
-for r in $(seq 1 "$runs"); do
-    echo "bench: run $r/$runs" >&2
-    gdx_run "$r"
-    py_run datafusion "$r"
-    py_run duckdb "$r"
-done
-
-"$venv/bin/python" - "$results" "$bytes" "$rows" "$runs" <<'PY'
-import collections, platform, subprocess, sys, statistics
-path, size, rows, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bench_format() {
+    local format="$1" input label
+    case "$format" in
+        csv) input="$csv"; label=CSV ;;
+        ndjson) input="$work/population.ndjson"; label=NDJSON ;;
+        *) echo "unknown format $format" >&2; exit 2 ;;
+    esac
+    local results="$work/results-$format.tsv"
+    : > "$results"
+    for r in $(seq 1 "$runs"); do
+        echo "bench: $label run $r/$runs" >&2
+        gdx_run "$r"
+        py_run datafusion "$r"
+        py_run duckdb "$r"
+    done
+    "$venv/bin/python" - "$results" "$(stat -c %s "$input")" "$rows" "$runs" "$label" "$figures" <<'PY'
+import collections, json, platform, subprocess, sys, statistics
+path, size, rows, runs, label, figures = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 by = collections.defaultdict(list)
 checks = {}
 for line in open(path, encoding="utf-8"):
@@ -127,7 +152,8 @@ for line in open(path, encoding="utf-8"):
     checks.setdefault(name, set()).add(check)
 # Every system must hold the same rows: count, distinct keys, sum of birth dates.
 distinct = {c for v in checks.values() for c in v}
-assert len(distinct) == 1, f"results differ: {checks}"
+if len(distinct) != 1:
+    sys.exit(f"bench: the systems hold different rows: {checks}")
 def cpu():
     for l in open("/proc/cpuinfo"):
         if l.startswith("model name"):
@@ -139,13 +165,31 @@ lines.append("| system | median s | min–max s | MB/s (median) | peak RSS MB (m
 lines.append("|---|---|---|---|---|---|")
 med = {k: statistics.median(t for t, _ in v) for k, v in by.items()}
 gdx = next(k for k in by if k.startswith("GDX"))
+out = []
 for k, v in by.items():
     ts = [t for t, _ in v]
     rss = max(r for _, r in v) / 1024
     ratio = "—" if k == gdx else f"{med[gdx] / med[k]:.2f}× the time"
     lines.append(f"| {k} | {med[k]:.1f} | {min(ts):.1f}–{max(ts):.1f} | {size / 1e6 / med[k]:.0f} | {rss:.0f} | {ratio} |")
-print(f"Rows: {rows:,}; CSV: {size / 1e6:.0f} MB; runs: {runs}; checked equal: {distinct.pop()} (rows, distinct keys, sum of birth dates)")
+    system = k.split()[0]
+    mbs = sorted(size / 1e6 / t for t in ts)
+    out.append({"benchmark": f"ingest {label}", "system": system, "metric": "throughput", "median": statistics.median(mbs),
+                "min": mbs[0], "max": mbs[-1], "unit": "MB/s", "runs": len(ts)})
+    rsss = sorted(r / 1024 for _, r in v)
+    out.append({"benchmark": f"ingest {label}", "system": system, "metric": "peak RSS", "median": statistics.median(rsss),
+                "min": rsss[0], "max": rsss[-1], "unit": "MB", "runs": len(ts)})
+print(f"{label}: rows: {rows:,}; file: {size / 1e6:.0f} MB; runs: {runs}; checked equal: {distinct.pop()} (rows, distinct keys, sum of birth dates)")
 print(f"Machine: {cpu()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; duckdb {duckdb.__version__}, datafusion (Python) {datafusion.__version__}")
 print()
 print("\n".join(lines))
+print()
+if figures:
+    with open(figures, "a", encoding="utf-8") as f:
+        for o in out:
+            f.write(json.dumps(o, ensure_ascii=False) + "\n")
 PY
+}
+
+for format in ${formats//,/ }; do
+    bench_format "$format"
+done

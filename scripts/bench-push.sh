@@ -4,15 +4,19 @@
 # default; rule i matches the residents whose ID, as the service sees it,
 # has the two digits of i at positions 15 and 16: 1/100 of them each), all
 # with a webhook to
-# a local receiver. Then upserts that change the names of 1% and 0.1% of the
-# people. For each: the time from the commit to every rule evaluated (the
-# events in the outbox), the rows each evaluation read, and the deliveries
-# per second the receiver saw. The first evaluation of each rule reads the
-# whole dataset; those after an upsert read only the change data feed.
+# a local receiver. Then R rounds of upserts that change the names of 1% and
+# 0.1% of the people. For each: the time from the commit to every rule
+# evaluated (the events in the outbox), the rows each evaluation read, and the
+# deliveries per second the receiver saw; the events are checked against the
+# count DuckDB finds in the change before any time is reported. The first
+# evaluation of each rule reads the whole dataset; those after an upsert read
+# only the change data feed.
 #
-#   scripts/bench-push.sh [--rows N] [--rules R] [--quick]
+#   scripts/bench-push.sh [--rows N] [--rules R] [--runs R] [--quick] [--figures FILE]
 #
-# --quick: 200,000 people, 10 rules. Release build; the receiver is a small
+# Defaults: 10,000,000 people, 100 rules, 5 rounds. --quick: 200,000 people,
+# 10 rules, 3 rounds. --figures appends one JSON object per figure to FILE
+# (read by scripts/bench.sh). Release build; the receiver is a small
 # Python HTTP server on loopback that answers 204 and counts (it shares the
 # two cores with GDX and does not check signatures).
 set -euo pipefail
@@ -20,15 +24,20 @@ cd "$(dirname "$0")/.."
 
 rows=10000000
 rules=100
+runs=5
+figures=
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows="$2"; shift 2 ;;
         --rules) rules="$2"; shift 2 ;;
-        --quick) rows=200000; rules=10; shift ;;
+        --runs) runs="$2"; shift 2 ;;
+        --quick) rows=200000; rules=10; runs=3; shift ;;
+        --figures) figures="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
 [ "$rules" -le 100 ] || { echo "at most 100 rules" >&2; exit 2; }
+[ "$runs" -le 5 ] || { echo "at most 5 rounds" >&2; exit 2; }
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gdx-target}"
 venv="${GDX_BENCH_VENV:-$HOME/.cache/gdx-bench-venv}"
@@ -53,14 +62,21 @@ if [ ! -f "$work/people.parquet" ]; then
     say "generating $rows people"
     "$gdx" datagen population --rows "$rows" --seed 7 --format parquet --out "$work/people.parquet" 2>/dev/null
 fi
-# The changes: the first 1% and 0.1% of the people, renamed.
-"$venv/bin/python" - "$work" "$rows" <<'PY'
+# The changes: the first 1% and 0.1% of the people, renamed anew each round;
+# and how many of the changed people the rules match (the events expected).
+"$venv/bin/python" - "$work" "$rows" "$runs" "$rules" <<'PY'
 import duckdb, sys
-work, rows = sys.argv[1], int(sys.argv[2])
-for name, share, mark in (("change1", 100, "甲"), ("change01", 1000, "乙")):
-    n = max(rows // share, 1)
-    duckdb.sql(f"COPY (SELECT * REPLACE (name || '{mark}' AS name) FROM '{work}/people.parquet' LIMIT {n}) "
-               f"TO '{work}/{name}.parquet' (FORMAT parquet)")
+work, rows, runs, rules = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+marks = "甲乙丙丁戊己庚辛壬癸"
+for r in range(runs):
+    for i, (name, share) in enumerate((("change1", 100), ("change01", 1000))):
+        n = max(rows // share, 1)
+        mark = marks[2 * r + i]
+        out = f"{work}/{name}-{r + 1}.parquet"
+        duckdb.sql(f"COPY (SELECT * REPLACE (name || '{mark}' AS name) FROM '{work}/people.parquet' LIMIT {n}) "
+                   f"TO '{out}' (FORMAT parquet)")
+        expected = duckdb.sql(f"SELECT count(*) FROM '{out}' WHERE TRY_CAST(substr(id_number, 15, 2) AS INTEGER) < {rules}").fetchall()[0][0]
+        open(f"{work}/{name}-{r + 1}.expected", "w").write(f"{expected}\n")
 PY
 
 # The receiver.
@@ -181,33 +197,64 @@ PY
 first=$(wait_rules 1 "$started")
 say "first evaluation of $rules rules over $rows rows (all rows, no backfill): $first"
 
+: >"$work/rounds.jsonl"
+for round in $(seq 1 "$runs"); do
 for change in change1 change01; do
-    changed=$("$venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$work/$change.parquet'\").fetchall()[0][0])")
+    file="$work/$change-$round.parquet"
+    changed=$("$venv/bin/python" -c "import duckdb; print(duckdb.sql(\"SELECT count(*) FROM '$file'\").fetchall()[0][0])")
     before=$(date +%s.%N)
-    v=$(GDX_TOKEN=$steward "$gdx" push gongan.population "$work/$change.parquet" --mode upsert --json 2>/dev/null |
+    v=$(GDX_TOKEN=$steward "$gdx" push gongan.population "$file" --mode upsert --json 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
     committed=$(date +%s.%N)
     result=$(wait_rules "$v" "$committed")
     events=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events"])')
+    expected=$(cat "$work/$change-$round.expected")
+    if [ "$events" != "$expected" ]; then
+        echo "bench-push: round $round, $change: $events events, but the rules match $expected of the changed people" >&2
+        exit 1
+    fi
     stats=$(wait_deliveries "$events")
     curl -sf "http://127.0.0.1:$recv_port/reset" >/dev/null
-    python3 - "$change" "$changed" "$before" "$committed" "$result" "$stats" "$events" <<'PY'
+    python3 - "$change" "$changed" "$before" "$committed" "$result" "$stats" "$events" "$round" \
+        >>"$work/rounds.jsonl" <<'PY'
 import json, sys
 name, changed, before, committed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-r, s, events = json.loads(sys.argv[5]), json.loads(sys.argv[6]), int(sys.argv[7])
-print(f"bench-push: {name}: {changed} rows changed; upsert committed in {committed - before:.1f} s; "
+r, s, events, round_ = json.loads(sys.argv[5]), json.loads(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+rate = s["count"] / (s["last"] - s["first"]) if s["count"] and s["last"] > s["first"] else None
+print(f"bench-push: round {round_}, {name}: {changed} rows changed; upsert committed in {committed - before:.1f} s; "
       f"all rules evaluated {r['secs']:.2f} s after the commit (read: {', '.join(r['read'])}); "
-      f"{events} events", file=sys.stderr)
+      f"{events} events (as expected); {rate or 0:.0f} deliveries/s", file=sys.stderr)
+print(json.dumps({"change": name, "changed": changed, "evaluated_s": r["secs"], "events": events, "deliveries_per_s": rate}))
 PY
-    # Deliveries per second over this change's events, at the receiver.
-    echo "$stats" > "$work/stats-$change.json"
 done
-python3 - "$work" <<'PY'
-import json, sys
+done
+peak=$(rss)
+say "server peak RSS: $peak MiB"
+"$venv/bin/python" - "$work/rounds.jsonl" "$first" "$rows" "$rules" "$peak" "$figures" <<'PY'
+import json, statistics, sys
+rounds = [json.loads(l) for l in open(sys.argv[1])]
+first, rows, rules, peak, figures = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
+fig = [{"benchmark": "push", "system": "GDX", "metric": "first evaluation of every rule over all rows",
+        "median": first["secs"], "min": first["secs"], "max": first["secs"], "unit": "s", "runs": 1}]
+print(f"{rows:,} people, {rules} rules; {len(rounds) // 2} rounds of upserts; events checked against DuckDB's count of the matching changed people\n")
+print("| change | rows changed | events | commit → all rules evaluated, s | deliveries/s |")
+print("|---|---|---|---|---|")
+def span(v, f):
+    return f"{f.format(statistics.median(v))} ({f.format(min(v))}–{f.format(max(v))})"
 for name, label in (("change1", "1%"), ("change01", "0.1%")):
-    a = json.load(open(f"{sys.argv[1]}/stats-{name}.json"))
-    if a["count"] and a["last"] > a["first"]:
-        print(f"bench-push: receiver: {a['count']} deliveries after the {label} change, "
-              f"{a['count'] / (a['last'] - a['first']):.0f} per second from the first to the last", file=sys.stderr)
+    rs = [r for r in rounds if r["change"] == name]
+    secs = [r["evaluated_s"] for r in rs]
+    rates = [r["deliveries_per_s"] for r in rs if r["deliveries_per_s"]]
+    print(f"| {label} | {rs[0]['changed']:,} | {rs[0]['events']:,} | {span(secs, '{:.2f}')} | {span(rates, '{:,.0f}') if rates else '—'} |")
+    fig.append({"benchmark": f"push {label} change", "system": "GDX", "metric": "commit to all rules evaluated",
+                "median": statistics.median(secs), "min": min(secs), "max": max(secs), "unit": "s", "runs": len(secs)})
+    if rates:
+        fig.append({"benchmark": f"push {label} change", "system": "GDX", "metric": "deliveries",
+                    "median": statistics.median(rates), "min": min(rates), "max": max(rates), "unit": "deliveries/s", "runs": len(rates)})
+print(f"\nFirst evaluation of the {rules} rules over all rows: {first['secs']:.1f} s; server peak RSS {peak:.0f} MB")
+fig.append({"benchmark": "push", "system": "GDX", "metric": "peak RSS", "median": peak, "min": peak, "max": peak, "unit": "MB", "runs": 1})
+if figures:
+    with open(figures, "a", encoding="utf-8") as f:
+        for o in fig:
+            f.write(json.dumps(o, ensure_ascii=False) + "\n")
 PY
-say "server peak RSS: $(rss) MiB"

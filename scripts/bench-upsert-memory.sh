@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Peak memory of the server for an upsert: a table of BASE rows, then an
-# upsert of BASE matching rows plus UPSERT-BASE... new rows (see docs/benchmarks.md).
+# upsert of BASE matching rows plus UPSERT-BASE... new rows (see docs/performance.md).
 #   scripts/bench-upsert-memory.sh BASE NEW
 # Needs a release build (cargo build --release).
 set -euo pipefail

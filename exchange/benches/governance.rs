@@ -133,10 +133,12 @@ struct Args {
     runs: usize,
     out: Option<PathBuf>,
     dir: Option<PathBuf>,
+    /// Also time each query with the page cache dropped before each run.
+    cold: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { rows: 10_000_000, runs: 5, out: None, dir: None };
+    let mut a = Args { rows: 10_000_000, runs: 5, out: None, dir: None, cold: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -144,6 +146,7 @@ fn args() -> Args {
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--out" => a.out = it.next().map(PathBuf::from),
             "--dir" => a.dir = it.next().map(PathBuf::from),
+            "--cold" => a.cold = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -356,6 +359,16 @@ async fn run(a: Args) {
                 gov.push(c.query(token, q.governed).await.1);
             }
         }
+        // Cold: the page cache dropped before each run, when this process may.
+        let (mut gov_cold, mut plain_cold) = (Vec::new(), Vec::new());
+        if a.cold {
+            for _ in 0..a.runs {
+                drop_caches();
+                gov_cold.push(c.query(token, q.governed).await.1);
+                drop_caches();
+                plain_cold.push(hand_run(&ctx, &hand).await.1);
+            }
+        }
         let (gm, pm) = (median(&gov), median(&plain));
         eprintln!(
             "bench: {:<34} governed {:>8.1} ms  hand-written {:>8.1} ms  {:.2}x",
@@ -364,11 +377,12 @@ async fn run(a: Args) {
             pm * 1e3,
             gm / pm
         );
+        let secs = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).collect::<Vec<_>>();
         results.push(json!({
             "name": q.name, "reader": q.reader, "governed_s": gm, "datafusion_s": pm,
-            "governed_runs": gov.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
-            "datafusion_runs": plain.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
-            "rows": render(&g).len(),
+            "governed_runs": secs(&gov), "datafusion_runs": secs(&plain),
+            "governed_cold_runs": secs(&gov_cold), "datafusion_cold_runs": secs(&plain_cold),
+            "rows": render(&g).len(), "checksum": checksum(&g),
         }));
     }
     let ratios: Vec<f64> = results
@@ -388,6 +402,32 @@ async fn run(a: Args) {
     if keep {
         eprintln!("bench: data kept in {}", work.display());
     }
+}
+
+/// Writes the dirty pages out and drops the page cache (root only; elsewhere
+/// the cold runs are warm, and say so on stderr once).
+fn drop_caches() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let synced = std::process::Command::new("sync").status().is_ok_and(|s| s.success());
+    if !synced || std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
+        WARNED.call_once(|| eprintln!("bench: cannot drop the page cache here: the cold runs are not cold"));
+    }
+}
+
+/// The sum of the numbers in an answer and the text length of the rest: the
+/// same answer has the same checksum whichever engine gave it.
+fn checksum(batches: &[RecordBatch]) -> String {
+    let mut numbers = 0f64;
+    let mut text = 0usize;
+    for row in render(batches) {
+        for v in row.split('|') {
+            match v.parse::<f64>() {
+                Ok(n) => numbers += n,
+                Err(_) => text += v.chars().count(),
+            }
+        }
+    }
+    format!("{numbers:.2}/{text}")
 }
 
 async fn hand_run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, Duration) {

@@ -12,7 +12,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gdx_catalog::{CasbinRule, Dataset, Grant, MetaStore, Principal, PrincipalKind, Role, SqliteStore};
 use gdx_policies::DataAuthorizer;
 
-const DEPARTMENTS: usize = 1000;
+const DEPARTMENTS: usize = 100;
 
 fn dataset(department: &str, name: &str, sharing: &str) -> Dataset {
     let input: gdx_catalog::NewDataset = serde_json::from_value(serde_json::json!({
@@ -45,7 +45,7 @@ fn analyst(department: &str) -> Principal {
     }
 }
 
-/// A store holding `rules` grant links spread over 1000 departments, the
+/// A store holding `rules` grant links spread over 100 departments, the
 /// probed department's real grant among them, and the authoriser over it.
 async fn setup(dir: &std::path::Path, rules: usize) -> (Arc<dyn MetaStore>, DataAuthorizer) {
     let store: Arc<dyn MetaStore> = Arc::new(SqliteStore::open(&dir.join("meta.db")).expect("store"));
@@ -92,7 +92,7 @@ fn decisions(c: &mut Criterion) {
     let residents = dataset("gongan", "residents", "conditional");
     let open = dataset("gongan", "population", "unconditional");
     let reader = analyst("renshe");
-    // A department with a thousandth of the links, reading an unconditional dataset.
+    // A department with a hundredth of the links, reading an unconditional dataset.
     let other = analyst("dept0042");
     for rules in [1_000, 10_000, 100_000] {
         let dir = tempfile::tempdir().expect("tempdir");

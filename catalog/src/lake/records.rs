@@ -11,7 +11,7 @@
 //! memory), reads the candidate rows with one positioned read each, decodes
 //! them and compares the key itself, so a hash collision cannot return a
 //! wrong row. Nothing is decompressed: a Parquet page of each column per
-//! lookup cost ten times more (see `docs/benchmarks.md`).
+//! lookup cost ten times more (see `docs/performance.md`).
 //!
 //! Sidecars are written when a version is committed ([`RecordIndex::snapshot`]
 //! after the commit), kept across restarts, and built from the data file
