@@ -225,7 +225,10 @@ fn record_json(shown: &RecordBatch, row: usize) -> Result<Vec<u8>, arrow::error:
     use arrow::datatypes::DataType;
     let one = shown.slice(row, 1);
     let decimal = |t: &DataType| {
-        matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..))
+        matches!(
+            t,
+            DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..)
+        )
     };
     let one = if one.schema().fields().iter().any(|f| decimal(f.data_type())) {
         let mut fields = Vec::with_capacity(one.num_columns());
