@@ -111,7 +111,7 @@ def output(cmd):
 
 
 def versions():
-    v = {"GDX": output(["git", "describe", "--always", "--dirty"]), "rustc": output(["rustc", "--version"])}
+    v = {"GDX": output(["git", "describe", "--always", "--dirty"]), "rustc": output(["rustc", "--version"]).removeprefix("rustc ")}
     for module in ("duckdb", "datafusion", "polars", "deltalake"):
         try:
             v[f"{module} (Python)"] = __import__(module).__version__
