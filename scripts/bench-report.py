@@ -60,6 +60,28 @@ BEHIND = {
         "Caching the governed logical plan per (principal, SQL text, policy epoch); the audit record of a "
         "query written while it runs instead of before its first batch.",
     ),
+    ("query hot: count", "time"): (
+        "DataFusion answers count(*) from the Parquet footers in about 2 ms; the governed query pays its fixed "
+        "cost (HTTP, authentication, the casbin decision, planning the governed views, the awaited audit "
+        "record) of about 6 ms on top.",
+        "Caching the governed logical plan per (principal, SQL text, policy epoch), and the audit record "
+        "written while the answer streams instead of before it.",
+    ),
+    ("query cold: count", "time"): (
+        "As hot: a fixed cost of a few milliseconds on an answer DataFusion reads from the footers.",
+        "As hot.",
+    ),
+    ("query hot: top-k of masked names", "time"): (
+        "Not profiled yet. Both sides sort the same masked rows; the governed plan masks inside the scan, "
+        "so the name and phone masks run on every row of the county before the sort, as in the "
+        "hand-written view; the difference may be in how the filter is pushed below the masks.",
+        "Comparing the two physical plans (`EXPLAIN ANALYZE`), and pushing the clear-column filter "
+        "(`county_code`) below the mask projection if it is not.",
+    ),
+    ("query cold: top-k of masked names", "time"): (
+        "As hot.",
+        "As hot.",
+    ),
     ("query", "governed / hand-written DataFusion (geometric mean)"): (
         "See the queries above: the fixed per-query cost weighs most on the fastest queries.",
         "As above.",
@@ -81,7 +103,7 @@ BEHIND = {
         "A typed NDJSON decoder that writes the values straight into the column builders (as the CSV one does).",
     ),
     ("ingest CSV", "throughput"): (
-        "Parity within the noise of this machine: Parquet encoding (zstd, dictionaries) is about 60% of the "
+        "Close to parity, and the run-to-run spread here (±15%) is larger than the gap: Parquet encoding (zstd, dictionaries) is about 60% of the "
         "server's CPU and the same work DataFusion does; the push also pays the HTTP transfer the peers do not.",
         "Cheaper transfer (the client's reads and the server's receive path) and fewer string copies into the "
         "Parquet dictionary encoder.",
