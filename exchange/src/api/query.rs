@@ -737,20 +737,22 @@ fn join_rows(rows: &[Vec<Value>], first: bool) -> Result<String, serde_json::Err
     Ok(out)
 }
 
+/// A column as JSON answers carry it: decimals as text (no precision lost to
+/// floats), everything else as it is.
+pub(crate) fn json_column(c: &arrow::array::ArrayRef) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    use arrow::datatypes::DataType;
+    match c.data_type() {
+        DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..) => {
+            arrow::compute::cast(c, &DataType::Utf8)
+        }
+        _ => Ok(c.clone()),
+    }
+}
+
 /// A batch's rows as JSON arrays (columns renamed first: names may repeat;
 /// decimals as strings, so no digit is lost to a float).
 pub(crate) fn json_rows(batch: &arrow::array::RecordBatch) -> Result<Vec<Vec<Value>>, arrow::error::ArrowError> {
-    use arrow::datatypes::DataType;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| match c.data_type() {
-            DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..) => {
-                arrow::compute::cast(c, &DataType::Utf8)
-            }
-            _ => Ok(c.clone()),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let columns = batch.columns().iter().map(json_column).collect::<Result<Vec<_>, _>>()?;
     let fields: Vec<arrow::datatypes::Field> = columns
         .iter()
         .enumerate()

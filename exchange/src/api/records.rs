@@ -222,30 +222,16 @@ async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResul
 /// straight into bytes (every column named, nulls as `null`, decimals as
 /// strings like SQL answers), without a `serde_json::Value` in between.
 fn record_json(shown: &RecordBatch, row: usize) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    use arrow::datatypes::DataType;
     let one = shown.slice(row, 1);
-    let decimal = |t: &DataType| {
-        matches!(
-            t,
-            DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..)
-        )
-    };
-    let one = if one.schema().fields().iter().any(|f| decimal(f.data_type())) {
-        let mut fields = Vec::with_capacity(one.num_columns());
-        let mut columns = Vec::with_capacity(one.num_columns());
-        for (f, c) in one.schema().fields().iter().zip(one.columns()) {
-            if decimal(f.data_type()) {
-                fields.push(Field::new(f.name(), DataType::Utf8, true));
-                columns.push(arrow::compute::cast(c, &DataType::Utf8)?);
-            } else {
-                fields.push(f.as_ref().clone());
-                columns.push(c.clone());
-            }
-        }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
-    } else {
-        one
-    };
+    let columns = one.columns().iter().map(super::query::json_column).collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<Field> = one
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+        .collect();
+    let one = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     let mut writer = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow::json::writer::LineDelimited>(Vec::with_capacity(512));
