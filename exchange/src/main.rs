@@ -9,6 +9,10 @@ use gdx_exchange::cli::{self, Client, print_list, print_object};
 use gdx_exchange::config::{Config, LogFormat, ServeArgs};
 use serde_json::{Value, json};
 
+/// jemalloc: see the workspace's Cargo.toml and docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "gdx", version, about = "GDX: the government data-sharing exchange")]
 struct Cli {
