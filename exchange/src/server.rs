@@ -292,7 +292,7 @@ impl App {
         });
         let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
             .map_err(|e| Error::Config { message: e.to_string() })?;
-        let state = AppState {
+        let state = AppState::new(crate::state::Shared {
             catalog,
             lake,
             routes: Arc::new(routes),
@@ -306,7 +306,7 @@ impl App {
             lookups: Arc::default(),
             push: Arc::new(crate::push::Push::new(push_store)),
             limits: Arc::new(crate::limits::Limiter::new(config.limits.clone())),
-        };
+        });
         let push = vec![
             tokio::spawn(crate::push::eval::evaluator(state.clone())),
             tokio::spawn(crate::push::deliver::deliverer(state.clone())),

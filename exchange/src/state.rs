@@ -10,9 +10,28 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::secret::PlatformSecret;
 
-/// Shared state of the HTTP service (cheap to clone).
+/// Shared state of the HTTP service: one reference count to clone, however
+/// many parts it has (axum clones it for every request and middleware).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state holding `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     /// The catalogue over the metadata store.
     pub catalog: Catalog,
     /// The Delta lake.
