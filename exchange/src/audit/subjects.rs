@@ -33,7 +33,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::{AuditError, GENESIS, Record, schema};
 
 /// How often the indexer writes what the chain writer has handed it.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// At most this many references are held before they are written.
 const MAX_PENDING: usize = 1 << 16;
