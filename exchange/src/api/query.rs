@@ -737,16 +737,40 @@ fn join_rows(rows: &[Vec<Value>], first: bool) -> Result<String, serde_json::Err
     Ok(out)
 }
 
+/// Whether JSON answers carry a column of this type as text: decimals, so
+/// that no digit is lost to a float.
+fn carried_as_text(t: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType;
+    matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..))
+}
+
 /// A column as JSON answers carry it: decimals as text (no precision lost to
 /// floats), everything else as it is.
 pub(crate) fn json_column(c: &arrow::array::ArrayRef) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
-    use arrow::datatypes::DataType;
-    match c.data_type() {
-        DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..) => {
-            arrow::compute::cast(c, &DataType::Utf8)
-        }
-        _ => Ok(c.clone()),
+    if carried_as_text(c.data_type()) {
+        arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)
+    } else {
+        Ok(c.clone())
     }
+}
+
+/// A batch as JSON answers carry it (see [`json_column`]), its column names
+/// kept; the batch itself, with nothing rebuilt, when no column changes.
+pub(crate) fn json_batch(
+    batch: &arrow::array::RecordBatch,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    if !batch.schema().fields().iter().any(|f| carried_as_text(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let columns = batch.columns().iter().map(json_column).collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| arrow::datatypes::Field::new(f.name(), c.data_type().clone(), true))
+        .collect();
+    arrow::array::RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
 }
 
 /// A batch's rows as JSON arrays (columns renamed first: names may repeat;

@@ -222,16 +222,7 @@ async fn fetch(state: &AppState, t: &Target, keys: Vec<Vec<String>>) -> ApiResul
 /// straight into bytes (every column named, nulls as `null`, decimals as
 /// strings like SQL answers), without a `serde_json::Value` in between.
 fn record_json(shown: &RecordBatch, row: usize) -> Result<Vec<u8>, arrow::error::ArrowError> {
-    let one = shown.slice(row, 1);
-    let columns = one.columns().iter().map(super::query::json_column).collect::<Result<Vec<_>, _>>()?;
-    let fields: Vec<Field> = one
-        .schema()
-        .fields()
-        .iter()
-        .zip(&columns)
-        .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
-        .collect();
-    let one = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let one = super::query::json_batch(&shown.slice(row, 1))?;
     let mut writer = arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build::<_, arrow::json::writer::LineDelimited>(Vec::with_capacity(512));
