@@ -24,6 +24,10 @@ pub const VERSION: i64 = 2;
 /// database file and its fsync.
 pub const WRITER_AUTOCHECKPOINT: i64 = 16384;
 
+/// The writer's page cache, in KiB: the paths to the right edges of its
+/// B-trees stay in it from one commit to the next.
+pub const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
 /// How long a statement waits for a lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -87,6 +91,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, AuditError> {
     conn.pragma_update(None, "synchronous", "FULL").map_err(&err)?;
     conn.pragma_update(None, "foreign_keys", "OFF").map_err(&err)?;
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT).map_err(&err)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB).map_err(&err)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(&err)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
     if version > VERSION {
