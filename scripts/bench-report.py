@@ -39,13 +39,17 @@ SOURCES = {
 # measurements so far have shown (docs/performance.md has the history).
 BEHIND = {
     ("lookup", "p99"): (
-        "Queueing for the two cores, which the server's threads share with the load generator: the p50 is "
-        "about 2 ms and the p99 four times that. On 2026-12-04 a build that answered before its audit "
-        "record was committed, and indexed no subjects, kept the same p99 (8 to 10 ms at 200,000 people), "
-        "so neither the audit commit nor the subject indexer sets the tail; the threads waiting for a core do.",
-        "Fewer threads runnable per request (the audit hand-off wakes a writer thread and then a worker), less "
-        "CPU per request so that a core frees sooner, and the load generator off the server's cores "
-        "(a measurement choice, not a change to GDX).",
+        "Two causes. The body of the distribution is CPU: on tmpfs, with no disk at all, the same server had "
+        "a p99 of 5.4 to 6.4 ms at 13,000 to 15,600 lookups/s (2026-12-04), its two workers, the audit writer "
+        "(about 40% of a core) and the subject indexer sharing two cores with the load generator. The far "
+        "tail is the disk: every request in flight waits for the audit commit's fdatasync, 0.2 ms at the "
+        "median but 14 to 27 ms a few times in 4 s, and for the writer's checkpoint at the end of each WAL "
+        "cycle (1 to 5 ms, about twice a second). The audit writes about 18 KB of pages per lookup, and the "
+        "subject index's share grows with the log, so each 60 s run is slower than the one before.",
+        "Fewer pages written per audited request: fewer B-trees per commit (the four indexes of the audit "
+        "index table), and a subject index that appends sorted runs and merges them in the background "
+        "instead of inserting at random places; then less CPU per request (a single key answered without "
+        "building a RecordBatch).",
     ),
     ("lookup", "throughput"): (
         "On two cores the server's workers, the audit writer, its subject indexer and the load generator "
