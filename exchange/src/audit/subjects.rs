@@ -33,15 +33,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{AuditError, GENESIS, Record, schema};
 
-/// How often the indexer writes what the chain writer has handed it (or
-/// sooner, at [`MAX_PENDING`] references). Once the index has more leaves
-/// than a flush has subjects, a flush rewrites about one page per subject;
-/// the longer the interval, the more subjects share a page. At 10 M people
-/// and 16,000 lookups/s, 5 s instead of 1 s took the p99 of a growing log
-/// from 7.2-12.0 ms to 5.7-9.2 ms (`docs/performance.md`). Readers search
-/// the records after the mark by their JSON, so this is also the most they
-/// scan.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How often the indexer writes what the chain writer has handed it.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the log's WAL is checkpointed while records arrive. Under load
 /// the chain writer appends some 20 pages a commit (a leaf of each B-tree it
@@ -236,7 +229,7 @@ impl Indexer {
             }
             let first = if self.behind {
                 // Try again in a while, or when the chain moves.
-                match updates.recv_timeout(FLUSH_EVERY) {
+                match updates.recv_timeout(FLUSH_EVERY * 5) {
                     Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
