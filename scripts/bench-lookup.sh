@@ -14,6 +14,9 @@
 #
 #   scripts/bench-lookup.sh [--rows N] [--secs S] [--runs R] [--quick] [--figures FILE]
 #
+# With GDX_BENCH_DIR=DIR the data, the lake and the service's token are kept
+# in DIR, for scripts/bench-lookup-ab.sh.
+#
 # Defaults: 10,000,000 people, 5 runs of 60 s. --quick: 200,000 people, 3
 # runs of 5 s. --figures appends one JSON object per figure to FILE (read by
 # scripts/bench.sh). Needs wrk (apt-get install wrk); installs duckdb and
@@ -98,6 +101,8 @@ export GDX_TOKEN="$admin"
 "$gdx" department add renshe --name 梅州市人社局 --region 441400 >/dev/null
 steward=$("$gdx" principal add --name 公安数据管理员 --department gongan --role steward --json | token)
 service=$("$gdx" principal add --name 社保待遇系统 --department renshe --role service --json | token)
+# Kept with the data (GDX_BENCH_DIR) for scripts/bench-lookup-ab.sh.
+(umask 077 && printf '%s\n' "$service" >"$work/service.token")
 GDX_TOKEN="$steward" "$gdx" datagen population --definition gongan >"$work/def.json"
 GDX_TOKEN="$steward" "$gdx" dataset register "$work/def.json" >/dev/null
 say "pushing $rows rows"
