@@ -119,15 +119,22 @@ fn time_window(sql: &mut Sql, seq: &str, from: Option<&DateTime<Utc>>, to: Optio
 
 /// The seqs of the records naming `subject`: from the subject index up to
 /// its mark, and by the records' JSON after it (or throughout, when the
-/// index is not `indexed`, attached).
+/// index is not `indexed`, attached). The index is searched generation by
+/// generation, and what it finds is checked against the record (its key is
+/// a prefix of a hash of the subject).
 fn subject_seqs(sql: &mut Sql, subject: &str, indexed: bool) -> String {
     let s = subjects::SCHEMA_NAME;
     let mut text = String::new();
     let after = if indexed {
+        let key = sql.bind(subjects::key_of(subject));
         let value = sql.bind(subject.to_string());
         text.push_str(&format!(
-            "SELECT r.seq FROM {s}.subject_refs r WHERE r.value = {value} \
-             AND r.seq <= (SELECT seq FROM {s}.subject_mark) UNION ALL "
+            "WITH RECURSIVE gens(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM gens \
+             WHERE n < (SELECT max(gen) FROM {s}.subject_refs)) \
+             SELECT r.seq FROM gens g CROSS JOIN {s}.subject_refs r CROSS JOIN audit_log t \
+             WHERE r.gen = g.n AND r.key = {key} AND r.seq <= (SELECT seq FROM {s}.subject_mark) \
+             AND t.seq = r.seq \
+             AND EXISTS (SELECT 1 FROM json_each(t.record, '$.subjects') j WHERE j.value = {value}) UNION ALL "
         ));
         format!("(SELECT seq FROM {s}.subject_mark)")
     } else {

@@ -10,6 +10,19 @@
 //! and it inserts them in sorted runs every [`FLUSH_EVERY`], with the seq
 //! and hash of the last record covered (the mark) in the same transaction.
 //!
+//! The index is split in generations of about [`GEN_REFS`] references: a
+//! row is `(gen, key, seq)`, where `key` is the first 64 bits of the
+//! SHA-256 of the subject hash ([`key_of`]). Inserts only ever go to the
+//! newest generation, a B-tree of a few megabytes that stays in the page
+//! cache, so a flush rewrites at most that many pages, however large the
+//! index has grown. One B-tree over every reference rewrote about one page
+//! per reference once it outgrew the cache: 50-90 MB/s of writes at 15,000
+//! lookups/s, whose I/O delayed the chain's fsyncs and set the lookup p99
+//! (`docs/performance.md`). A reader looks a key up in each generation
+//! (a few dozen at ten million references) and checks each record found
+//! against its JSON, so that a shared key prefix cannot match another
+//! subject's records.
+//!
 //! The index is derived from the records and never ahead of them. Readers
 //! take the records up to the mark from the index and search the records
 //! after it (at most a flush behind while the server runs) in their JSON, so
@@ -30,6 +43,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
 
 use super::{AuditError, GENESIS, Record, schema};
 
@@ -46,7 +60,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// At most this many references are held before they are written.
-const MAX_PENDING: usize = 1 << 16;
+pub const MAX_PENDING: usize = 1 << 16;
 
 /// The index writer's page cache, in KiB.
 const INDEX_CACHE_KIB: i64 = 32 * 1024;
@@ -54,22 +68,30 @@ const INDEX_CACHE_KIB: i64 = 32 * 1024;
 /// Records read per step when catching up from the log.
 const CATCH_UP_STEP: i64 = 4096;
 
-/// The schema version of the index file.
-const VERSION: i64 = 1;
+/// References per generation of the index: a generation is closed once it
+/// holds this many (the flush that crosses the bound completes it). At some
+/// 18 bytes a reference, the open generation stays well inside the
+/// indexer's page cache.
+pub const GEN_REFS: u64 = 1 << 18;
 
-const SCHEMA_V1: &str = "
+/// The schema version of the index file. Version 1 had one B-tree of
+/// `(value, seq)`; a file of version 1 is emptied and rebuilt.
+const VERSION: i64 = 2;
+
+const SCHEMA: &str = "
 CREATE TABLE subject_refs (
-    value TEXT NOT NULL,
+    gen INTEGER NOT NULL,
+    key INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (value, seq)
+    PRIMARY KEY (gen, key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX subject_refs_seq ON subject_refs (seq);
-CREATE TABLE subject_mark (
+CREATE TABLE IF NOT EXISTS subject_mark (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// The schema name under which readers attach the index.
@@ -109,9 +131,13 @@ pub fn open_writer(log: &Path) -> Result<Connection, AuditError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(&err)?;
-            tx.execute("INSERT INTO subject_mark (one, seq, hash) VALUES (1, 0, ?1)", [GENESIS]).map_err(&err)?;
+        0 | 1 => {
+            // Version 1's references are dropped; the indexer rebuilds them
+            // from the log (the mark goes back to the genesis).
+            tx.execute_batch("DROP TABLE IF EXISTS subject_refs").map_err(&err)?;
+            tx.execute_batch(SCHEMA).map_err(&err)?;
+            tx.execute("INSERT OR REPLACE INTO subject_mark (one, seq, hash) VALUES (1, 0, ?1)", [GENESIS])
+                .map_err(&err)?;
         }
         VERSION => {}
         found => return Err(AuditError::Schema { path: path.clone(), found, known: VERSION }),
@@ -168,6 +194,22 @@ pub fn subjects_of(record: &Record) -> BTreeSet<&str> {
     record.subjects.iter().map(String::as_str).collect()
 }
 
+/// The index key of a subject hash: the first 64 bits of its SHA-256.
+pub fn key_of(subject: &str) -> i64 {
+    let digest = Sha256::digest(subject.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// The newest generation of the index and how many references it holds
+/// (generation 0 when the index is empty).
+fn open_generation(conn: &Connection) -> rusqlite::Result<(i64, u64)> {
+    let newest: i64 = conn.query_row("SELECT coalesce(max(gen), 0) FROM subject_refs", [], |r| r.get(0))?;
+    let refs: u64 = conn.query_row("SELECT count(*) FROM subject_refs WHERE gen = ?1", [newest], |r| r.get(0))?;
+    Ok((newest, refs))
+}
+
 /// The thread that keeps the index: catches up from the log, then writes
 /// what the chain writer hands it.
 pub struct Indexer {
@@ -176,6 +218,9 @@ pub struct Indexer {
     /// A connection to the log, for its checkpoints (opened when first needed).
     checkpointer: Option<Connection>,
     mark: u64,
+    /// The generation inserts go to, and how many references it holds.
+    generation: i64,
+    generation_refs: u64,
     /// Set when a write failed: the next step catches up from the log
     /// instead of trusting what was handed over meanwhile.
     behind: bool,
@@ -183,7 +228,7 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn new(conn: Connection, log: PathBuf) -> Self {
-        Self { conn, log, checkpointer: None, mark: 0, behind: true }
+        Self { conn, log, checkpointer: None, mark: 0, generation: 0, generation_refs: 0, behind: true }
     }
 
     /// Copies what the log's WAL holds into its database file, as far as
@@ -266,7 +311,7 @@ impl Indexer {
                 }
             }
             if let Some((seq, hash)) = through
-                && let Err(e) = self.write(&mut pending, seq, &hash)
+                && let Err(e) = self.write(&pending, seq, &hash)
             {
                 self.failed(&e);
             }
@@ -286,19 +331,27 @@ impl Indexer {
     }
 
     /// Writes `refs` and moves the mark to record `seq` with `hash`, in one transaction.
-    fn write(&mut self, refs: &mut [(String, u64)], seq: u64, hash: &str) -> rusqlite::Result<()> {
-        // Sorted, the inserts walk the B-tree once from left to right.
-        refs.sort_unstable();
+    fn write(&mut self, refs: &[(String, u64)], seq: u64, hash: &str) -> rusqlite::Result<()> {
+        // Sorted, the inserts walk the open generation once from left to right.
+        let mut keys: Vec<(i64, u64)> = refs.iter().map(|(value, s)| (key_of(value), *s)).collect();
+        keys.sort_unstable();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut inserted = 0;
         {
-            let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO subject_refs (value, seq) VALUES (?1, ?2)")?;
-            for (value, s) in refs.iter() {
-                insert.execute(params![value, s])?;
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO subject_refs (gen, key, seq) VALUES (?1, ?2, ?3)")?;
+            for (key, s) in &keys {
+                inserted += insert.execute(params![self.generation, key, s])? as u64;
             }
             tx.execute("UPDATE subject_mark SET seq = ?1, hash = ?2", params![seq, hash])?;
         }
         tx.commit()?;
         self.mark = seq;
+        self.generation_refs += inserted;
+        if self.generation_refs >= GEN_REFS {
+            self.generation += 1;
+            self.generation_refs = 0;
+        }
         Ok(())
     }
 
@@ -333,6 +386,7 @@ impl Indexer {
             mark = 0;
         }
         self.mark = mark;
+        (self.generation, self.generation_refs) = open_generation(&self.conn).map_err(index_error)?;
         let head: u64 = log.query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| r.get(0)).map_err(read)?;
         let started = Instant::now();
         let mut reported = Instant::now();
@@ -354,7 +408,7 @@ impl Indexer {
                 last = Some((seq, row.get(2).map_err(read)?));
             }
             let Some((seq, hash)) = last else { break };
-            self.write(&mut refs, seq, &hash).map_err(index_error)?;
+            self.write(&refs, seq, &hash).map_err(index_error)?;
             if reported.elapsed() > Duration::from_secs(5) {
                 tracing::info!(done = seq, of = head, "rebuilding the audit subject index");
                 reported = Instant::now();

@@ -727,9 +727,10 @@ fn subjects_db(f: &Fixture) -> Connection {
     rw(&subjects::path_of(&f.path))
 }
 
-fn index_rows(f: &Fixture) -> Vec<(String, u64)> {
+/// The subject index's rows as (key, seq).
+fn index_rows(f: &Fixture) -> Vec<(i64, u64)> {
     subjects_db(f)
-        .prepare("SELECT value, seq FROM subject_refs ORDER BY seq, value")
+        .prepare("SELECT key, seq FROM subject_refs ORDER BY seq, key")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -753,7 +754,8 @@ async fn the_subject_index_covers_the_log_at_close() {
     assert_eq!(index_mark(&f), 7);
     let rows = index_rows(&f);
     assert_eq!(rows.len(), 10);
-    assert_eq!(rows.iter().filter(|(v, _)| *v == k3).map(|(_, s)| *s).collect::<Vec<_>>(), vec![3, 4]);
+    let key = subjects::key_of(&k3);
+    assert_eq!(rows.iter().filter(|(v, _)| *v == key).map(|(_, s)| *s).collect::<Vec<_>>(), vec![3, 4]);
     // Nothing of the subjects is left in the log's own index.
     let in_refs: u64 =
         rw(&f.path).query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
@@ -783,8 +785,14 @@ async fn readers_find_subjects_past_the_mark_and_without_the_index() {
     assert_eq!(by(&k3, Some("gongan.population")), vec![3, 4]);
     assert_eq!(by(&k3, Some("shebao.pensions")), Vec::<u64>::new());
     // The tail is not taken from the index: a row past the mark does not count.
-    index.execute("INSERT INTO subject_refs VALUES (?1, 5)", [&k3]).unwrap();
+    let key = subjects::key_of(&k3);
+    index.execute("INSERT INTO subject_refs VALUES (0, ?1, 5)", [key]).unwrap();
     assert_eq!(by(&k3, None), vec![3, 4]);
+    // A row under the subject's key for a record that does not name the
+    // subject (a shared key prefix) is not taken either.
+    index.execute("INSERT INTO subject_refs VALUES (0, ?1, 1)", [key]).unwrap();
+    assert_eq!(by(&k3, None), vec![3, 4]);
+    index.execute("DELETE FROM subject_refs WHERE seq = 1 AND key = ?1", [key]).unwrap();
     // Without an index file at all, the records' JSON answers.
     drop(index);
     std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
@@ -811,7 +819,7 @@ async fn the_subject_index_catches_up_and_is_rebuilt_for_another_log() {
     assert_eq!((index_rows(&f), index_mark(&f)), (complete.clone(), 4));
     // An index whose mark is not this log's is emptied and rebuilt.
     let index = subjects_db(&f);
-    index.execute("INSERT INTO subject_refs VALUES ('stray', 2)", []).unwrap();
+    index.execute("INSERT INTO subject_refs VALUES (0, 42, 2)", []).unwrap();
     index.execute("UPDATE subject_mark SET hash = 'not this log'", []).unwrap();
     drop(index);
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
@@ -819,7 +827,7 @@ async fn the_subject_index_catches_up_and_is_rebuilt_for_another_log() {
     log.close();
     let rows = index_rows(&f);
     assert_eq!(rows.len(), complete.len() + 2);
-    assert!(rows.iter().all(|(v, _)| v != "stray"));
+    assert!(rows.iter().all(|(v, _)| *v != 42));
     assert_eq!(index_mark(&f), 5);
     // A deleted index is rebuilt too.
     std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
@@ -832,14 +840,14 @@ async fn verify_checks_the_subject_index_up_to_its_mark() {
     let f = fixture();
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     lookups(&log, 5).await;
-    let k2 = log.subject_hash("k2");
+    let k2 = subjects::key_of(&log.subject_hash("k2"));
     log.close();
     let index = subjects_db(&f);
-    index.execute("DELETE FROM subject_refs WHERE value = ?1 AND seq = 2", [&k2]).unwrap();
+    index.execute("DELETE FROM subject_refs WHERE key = ?1 AND seq = 2", [k2]).unwrap();
     assert_broken(&verify(&f, None), 2, "index row of record 2 disagrees");
-    index.execute("INSERT INTO subject_refs VALUES (?1, 2)", [&k2]).unwrap();
+    index.execute("INSERT INTO subject_refs VALUES (0, ?1, 2)", [k2]).unwrap();
     assert!(verify(&f, None).ok);
-    index.execute("INSERT INTO subject_refs VALUES (?1, 4)", [&k2]).unwrap();
+    index.execute("INSERT INTO subject_refs VALUES (0, ?1, 4)", [k2]).unwrap();
     assert_broken(&verify(&f, None), 4, "index row of record 4 disagrees");
     // Past the mark the index is not consulted, so not checked.
     index.execute("UPDATE subject_mark SET seq = 3", []).unwrap();
@@ -868,5 +876,93 @@ async fn a_log_of_schema_1_is_upgraded() {
     let in_refs: u64 =
         conn.query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
     assert_eq!((version, in_refs), (2, 0));
+    assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn the_subject_index_grows_in_generations() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    // Batch lookups of 1,000 subjects each, enough for two generations and
+    // the start of a third; appended 16 at a time (group commits). A
+    // generation is closed by the flush that crosses its bound, so it can
+    // hold up to a flush more than the bound.
+    let per_record = 1000;
+    let most = subjects::GEN_REFS + subjects::MAX_PENDING as u64 + 16 * per_record;
+    let records = 2 * most / per_record + 20;
+    let subject = |i: u64| log.subject_hash(&format!("k{i}"));
+    for chunk in (0..records).collect::<Vec<_>>().chunks(16) {
+        let appends = chunk.iter().map(|r| {
+            let mut rec = record("batch_lookup", "svc", "renshe", &["gongan.population"]);
+            rec.subjects = (r * per_record..(r + 1) * per_record).map(subject).collect();
+            log.append(rec)
+        });
+        for seq in futures::future::join_all(appends).await {
+            seq.unwrap();
+        }
+    }
+    let (first, middle, last) = (subject(5), subject(records / 2 * per_record + 7), subject(records * per_record - 1));
+    log.close();
+    let gens: Vec<(i64, u64)> = subjects_db(&f)
+        .prepare("SELECT gen, count(*) FROM subject_refs GROUP BY gen ORDER BY gen")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1, 2], "{gens:?}");
+    assert!(gens[..2].iter().all(|g| (subjects::GEN_REFS..=most).contains(&g.1)), "{gens:?}");
+    assert_eq!(gens.iter().map(|g| g.1).sum::<u64>(), records * per_record);
+    // A subject is found in whichever generation holds it.
+    let reader = read::Reader::new(f.path.clone());
+    let by = |subject: &str| {
+        let filter = Filter { subject: Some(subject.into()), ..Filter::default() };
+        seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap())
+    };
+    assert_eq!((by(&first), by(&middle), by(&last)), (vec![1], vec![records / 2 + 1], vec![records]));
+    assert!(verify(&f, None).ok);
+    // Reopened, inserts go on in the open generation.
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    let mut rec = record("lookup", "svc", "renshe", &["gongan.population"]);
+    rec.subjects = vec![log.subject_hash("late")];
+    let late = rec.subjects[0].clone();
+    log.append(rec).await.unwrap();
+    log.close();
+    let newest: i64 = subjects_db(&f)
+        .query_row("SELECT gen FROM subject_refs WHERE key = ?1", [subjects::key_of(&late)], |r| r.get(0))
+        .unwrap();
+    assert_eq!(newest, 2);
+}
+
+#[tokio::test]
+async fn a_subject_index_of_version_1_is_rebuilt() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 4).await;
+    let k2 = log.subject_hash("k2");
+    log.close();
+    let complete = index_rows(&f);
+    // The layout of version 1: one B-tree of (value, seq).
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
+    subjects_db(&f)
+        .execute_batch(
+            "CREATE TABLE subject_refs (value TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (value, seq)) WITHOUT ROWID;
+             CREATE INDEX subject_refs_seq ON subject_refs (seq);
+             CREATE TABLE subject_mark (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+             INSERT INTO subject_mark VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    // Readers do not use it; they search the records.
+    let reader = read::Reader::new(f.path.clone());
+    let filter = Filter { subject: Some(k2.clone()), ..Filter::default() };
+    assert_eq!(seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap()), vec![2, 3]);
+    // The indexer replaces it and rebuilds it from the log.
+    AuditLog::open(&f.path, &f.secret).unwrap().close();
+    assert_eq!((index_rows(&f), index_mark(&f)), (complete, 4));
+    let version: i64 = subjects_db(&f).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
+    let reader = read::Reader::new(f.path.clone());
+    assert_eq!(seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap()), vec![2, 3]);
     assert!(verify(&f, None).ok);
 }

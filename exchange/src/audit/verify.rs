@@ -135,7 +135,8 @@ fn verify_conn(conn: &Connection, keys: &Keys, expect_head: Option<&str>) -> rus
     let mut refs_stmt = conn.prepare(&if subject_mark > 0 {
         format!(
             "SELECT seq, kind, value FROM audit_refs UNION ALL \
-             SELECT seq, 'subject', value FROM {}.subject_refs WHERE seq <= {subject_mark} ORDER BY 1, 2, 3",
+             SELECT seq, 'subject', CAST(key AS TEXT) FROM {}.subject_refs WHERE seq <= {subject_mark} \
+             ORDER BY 1, 2, 3",
             subjects::SCHEMA_NAME
         )
     } else {
@@ -373,7 +374,9 @@ fn check_index(
     }
     let mut wanted: BTreeSet<(String, String)> = refs_of(record).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     if with_subjects {
-        wanted.extend(subjects::subjects_of(record).into_iter().map(|s| ("subject".to_string(), s.to_string())));
+        wanted.extend(
+            subjects::subjects_of(record).into_iter().map(|s| ("subject".to_string(), subjects::key_of(s).to_string())),
+        );
     }
     if found != wanted {
         return Ok(Err(mismatch()));
