@@ -61,7 +61,7 @@ port=$((20000 + RANDOM % 20000))
 url="http://127.0.0.1:$port"
 for round in $(seq "$rounds"); do
     for bin in "$a" "$b"; do
-        rm -f "$dir/data/audit.db" "$dir/data/audit.db-"* "$dir/data/audit-index.db"* "$dir/data/audit-subjects.db"*
+        rm -f "$dir/data/audit.db" "$dir/data/audit.db-"* "$dir/data/audit-subjects.db"*
         GDX_LOG=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" \
             --secret-key-file "$dir/gdx-secret.key" 2>"$tmp/server.log" &
         server=$!

@@ -4,28 +4,28 @@
 //! Each record is stored as its canonical JSON ([`Record`]) in `audit_log`,
 //! with `hash = hex(SHA-256(prev_hash || "\n" || record))` and the genesis
 //! `prev_hash` 64 zeros. One writer thread appends in batches (group commit):
-//! it drains what callers have queued, writes the records and one signed
-//! checkpoint of the new head in one transaction, and answers the callers
-//! once the transaction is durable (one fsync per batch). The
+//! it drains what callers have queued, writes the records, their index rows
+//! and one signed checkpoint of the new head in one transaction, and answers
+//! the callers once the transaction is durable (one fsync per batch). The
 //! checkpoints are HMACs under a key derived from the platform secret, so a
 //! chain rewritten without the secret fails their signatures, and a cut tail
 //! leaves a checkpoint past the last record. [`verify_file`] (and
 //! [`AuditLog::verify`]) recompute all of it and name the first broken record.
 //!
-//! The index readers filter on ([`AuditLog::list`], [`AuditLog::usage`]) is
-//! derived from the records, behind the chain, in a file of its own
-//! ([`index`]); it is not covered by the hash, but the verifier checks that
-//! it agrees with the records. [`AuditLog::table`] is the `gdx.audit` table
-//! auditors query with SQL; it streams the log page by page.
+//! The index tables (`audit_index`, `audit_refs`, and the subject index in
+//! a file of its own, [`subjects`]) are derived from the records for
+//! filtering ([`AuditLog::list`], [`AuditLog::usage`]); they are not covered
+//! by the hash, but the verifier checks that they agree with the records. [`AuditLog::table`] is the `gdx.audit` table auditors query with
+//! SQL; it streams the log page by page.
 //!
 //! Writing fails closed: when a batch cannot be committed, every caller of
 //! that batch gets [`AuditError::Unavailable`] (the HTTP layer answers 503)
 //! and nothing of the batch remains.
 
 mod error;
-mod index;
 mod read;
 mod schema;
+mod subjects;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -215,13 +215,13 @@ impl AuditLog {
     #[tracing::instrument(skip_all, fields(path = %path.display()))]
     pub fn open(path: &Path, secret: &PlatformSecret) -> Result<AuditLog, AuditError> {
         let conn = schema::open_writer(path)?;
-        let index = index::open_writer(path)?;
+        let index = subjects::open_writer(path)?;
         let keys = Arc::new(Keys::derive(secret));
         let spawn_error = |e: std::io::Error| AuditError::Open { path: path.to_path_buf(), reason: e.to_string() };
         let (committed, handed_over) = mpsc::channel();
-        let indexer = index::Indexer::new(index, path.to_path_buf());
+        let indexer = subjects::Indexer::new(index, path.to_path_buf());
         let indexer = std::thread::Builder::new()
-            .name("gdx-audit-index".into())
+            .name("gdx-audit-subjects".into())
             .spawn(move || indexer.run(handed_over))
             .map_err(spawn_error)?;
         let (sender, receiver) = mpsc::channel();
@@ -346,7 +346,7 @@ impl Inner {
         drop(self.sender.write().unwrap_or_else(|e| e.into_inner()).take());
         // The writer's end of the indexer's queue goes with it: the indexer
         // then writes what it holds and stops.
-        for (thread, name) in [(&self.writer, "writer"), (&self.indexer, "indexer")] {
+        for (thread, name) in [(&self.writer, "writer"), (&self.indexer, "subject indexer")] {
             let handle = thread.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(handle) = handle
                 && handle.join().is_err()

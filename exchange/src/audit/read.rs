@@ -1,12 +1,7 @@
 //! Reading the log: filtered pages of records and usage counts, on
 //! read-only connections kept in a small pool, run on blocking threads.
-//!
-//! The records up to the index's mark are found through the index
-//! ([`super::index`]), by SQL; those after it (at most a flush behind while
-//! the server runs, all of them when there is no index) are decoded and
-//! filtered here, by the same rules ([`Matcher`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -15,7 +10,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
-use super::{AuditError, READ_ACTIONS, Record, format_time, index, provider_of, schema};
+use super::{AuditError, READ_ACTIONS, Record, format_time, schema, subjects};
 
 /// Idle read connections kept for reuse.
 const POOL: usize = 4;
@@ -109,65 +104,86 @@ fn time_window(sql: &mut Sql, seq: &str, from: Option<&DateTime<Utc>>, to: Optio
     if let Some(t) = from {
         let (a, b) = (sql.bind(format_time(t)), sql.bind(format_time(t)));
         conds.push(format!(
-            "i.at >= {a} AND {seq} >= coalesce((SELECT seq FROM {x}.audit_index WHERE at >= {b} ORDER BY at, seq LIMIT 1), {})",
-            i64::MAX,
-            x = index::SCHEMA_NAME
+            "i.at >= {a} AND {seq} >= coalesce((SELECT seq FROM audit_index WHERE at >= {b} ORDER BY at, seq LIMIT 1), {})",
+            i64::MAX
         ));
     }
     if let Some(t) = to {
         let (a, b) = (sql.bind(format_time(t)), sql.bind(format_time(t)));
         conds.push(format!(
-            "i.at < {a} AND {seq} <= coalesce((SELECT seq FROM {x}.audit_index WHERE at < {b} ORDER BY at DESC, seq DESC LIMIT 1), 0)",
-            x = index::SCHEMA_NAME
+            "i.at < {a} AND {seq} <= coalesce((SELECT seq FROM audit_index WHERE at < {b} ORDER BY at DESC, seq DESC LIMIT 1), 0)"
         ));
     }
     conds
 }
 
-/// The seqs of the indexed records naming `subject`. The index is searched
-/// generation by generation, and what it finds is checked against the
-/// record (its key is a prefix of a hash of the subject).
-fn subject_seqs(sql: &mut Sql, subject: &str) -> String {
-    let x = index::SCHEMA_NAME;
-    let key = sql.bind(index::key_of(subject));
+/// The seqs of the records naming `subject`: from the subject index up to
+/// its mark, and by the records' JSON after it (or throughout, when the
+/// index is not `indexed`, attached). The index is searched generation by
+/// generation, and what it finds is checked against the record (its key is
+/// a prefix of a hash of the subject).
+fn subject_seqs(sql: &mut Sql, subject: &str, indexed: bool) -> String {
+    let s = subjects::SCHEMA_NAME;
+    let mut text = String::new();
+    let after = if indexed {
+        let key = sql.bind(subjects::key_of(subject));
+        let value = sql.bind(subject.to_string());
+        text.push_str(&format!(
+            "WITH RECURSIVE gens(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM gens \
+             WHERE n < (SELECT max(gen) FROM {s}.subject_refs)) \
+             SELECT r.seq FROM gens g CROSS JOIN {s}.subject_refs r CROSS JOIN audit_log t \
+             WHERE r.gen = g.n AND r.key = {key} AND r.seq <= (SELECT seq FROM {s}.subject_mark) \
+             AND t.seq = r.seq \
+             AND EXISTS (SELECT 1 FROM json_each(t.record, '$.subjects') j WHERE j.value = {value}) UNION ALL "
+        ));
+        format!("(SELECT seq FROM {s}.subject_mark)")
+    } else {
+        "0".to_string()
+    };
     let value = sql.bind(subject.to_string());
-    format!(
-        "WITH RECURSIVE gens(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM gens \
-         WHERE n < (SELECT max(gen) FROM {x}.subject_refs)) \
-         SELECT r.seq FROM gens g CROSS JOIN {x}.subject_refs r CROSS JOIN audit_log t \
-         WHERE r.gen = g.n AND r.key = {key} AND t.seq = r.seq \
+    text.push_str(&format!(
+        "SELECT t.seq FROM audit_log t WHERE t.seq > {after} \
          AND EXISTS (SELECT 1 FROM json_each(t.record, '$.subjects') j WHERE j.value = {value})"
-    )
+    ));
+    text
 }
 
-/// The indexed records matching `filter` in `scope` with
-/// `after < seq <= upto`, by seq, at most `limit`: `SELECT seq, record`.
-/// `upto` is at most the index's mark.
-fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: u64, limit: usize) -> Sql {
-    let x = index::SCHEMA_NAME;
+/// The records matching `filter` in `scope` with `after < seq <= upto`, by
+/// seq, at most `limit`: `SELECT seq, record`. `indexed`: whether the
+/// subject index is attached.
+pub(super) fn select_records(
+    filter: &Filter,
+    scope: &Scope,
+    after: u64,
+    upto: Option<u64>,
+    limit: usize,
+    indexed: bool,
+) -> Sql {
     let mut sql = Sql::default();
     let mut conds: Vec<String> = Vec::new();
     // Drive the scan from the most selective index: a subject's or dataset's
     // references are in seq order, so a page costs its own size.
     let (from, seq) = if let Some(s) = &filter.subject {
-        let seqs = subject_seqs(&mut sql, s);
+        let seqs = subject_seqs(&mut sql, s, indexed);
         if let Some(d) = &filter.dataset {
             conds.push(format!(
-                "EXISTS (SELECT 1 FROM {x}.audit_refs r WHERE r.kind = 'dataset' AND r.value = {} AND r.seq = d.seq)",
+                "EXISTS (SELECT 1 FROM audit_refs r WHERE r.kind = 'dataset' AND r.value = {} AND r.seq = d.seq)",
                 sql.bind(d.clone())
             ));
         }
-        (format!("({seqs}) d JOIN {x}.audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq"), "d.seq")
+        (format!("({seqs}) d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq"), "d.seq")
     } else if let Some(d) = &filter.dataset {
         conds.push(format!("d.kind = 'dataset' AND d.value = {}", sql.bind(d.clone())));
-        (format!("{x}.audit_refs d JOIN {x}.audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq"), "d.seq")
+        ("audit_refs d JOIN audit_index i ON i.seq = d.seq JOIN audit_log l ON l.seq = d.seq".to_string(), "d.seq")
     } else if filter == &Filter::default() && scope == &Scope::All {
         ("audit_log l".to_string(), "l.seq")
     } else {
-        (format!("{x}.audit_index i JOIN audit_log l ON l.seq = i.seq"), "i.seq")
+        ("audit_index i JOIN audit_log l ON l.seq = i.seq".to_string(), "i.seq")
     };
     conds.push(format!("{seq} > {}", sql.bind(after as i64)));
-    conds.push(format!("{seq} <= {}", sql.bind(upto as i64)));
+    if let Some(upto) = upto {
+        conds.push(format!("{seq} <= {}", sql.bind(upto as i64)));
+    }
     for (column, value) in
         [("principal", &filter.principal), ("department", &filter.department), ("action", &filter.action)]
     {
@@ -183,7 +199,7 @@ fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: u64, limit: 
             let own = sql.in_list(set);
             let provided = sql.in_list(set);
             conds.push(format!(
-                "(i.department IN ({own}) OR EXISTS (SELECT 1 FROM {x}.audit_refs p \
+                "(i.department IN ({own}) OR EXISTS (SELECT 1 FROM audit_refs p \
                  WHERE p.kind = 'provider' AND p.value IN ({provided}) AND p.seq = {seq}))"
             ));
         }
@@ -191,100 +207,6 @@ fn select_records(filter: &Filter, scope: &Scope, after: u64, upto: u64, limit: 
     let limit = sql.bind(i64::try_from(limit).unwrap_or(i64::MAX));
     sql.text = format!("SELECT l.seq, l.record FROM {from} WHERE {} ORDER BY {seq} LIMIT {limit}", conds.join(" AND "));
     sql
-}
-
-/// The usage counts of the indexed records up to `mark`:
-/// `SELECT dataset, department, reads, rows, last at`.
-fn usage_sql(
-    dataset: Option<&str>,
-    from: Option<&DateTime<Utc>>,
-    to: Option<&DateTime<Utc>>,
-    scope: &Scope,
-    mark: u64,
-) -> Sql {
-    let x = index::SCHEMA_NAME;
-    let mut sql = Sql::default();
-    let actions: Vec<String> = READ_ACTIONS.iter().map(|a| a.to_string()).collect();
-    let actions = sql.in_list(&actions);
-    let mut conds =
-        vec!["r.kind = 'dataset'".to_string(), "i.outcome = 'ok'".into(), format!("i.action IN ({actions})")];
-    if let Some(d) = dataset {
-        conds.push(format!("r.value = {}", sql.bind(d.to_string())));
-    }
-    conds.extend(time_window(&mut sql, "r.seq", from, to));
-    conds.push(format!("r.seq <= {}", sql.bind(mark as i64)));
-    if let Scope::Departments(set) = scope {
-        if set.is_empty() {
-            conds.push("0".into());
-        } else {
-            let own = sql.in_list(set);
-            let provided = sql.in_list(set);
-            conds.push(format!(
-                "(i.department IN ({own}) OR (CASE WHEN instr(r.value, '.') > 0 \
-             THEN substr(r.value, 1, instr(r.value, '.') - 1) ELSE r.value END) IN ({provided}))"
-            ));
-        }
-    }
-    sql.text = format!(
-        "SELECT r.value, i.department, count(*), coalesce(sum(i.rows), 0), max(i.at) \
-         FROM {x}.audit_refs r JOIN {x}.audit_index i ON i.seq = r.seq WHERE {} \
-         GROUP BY r.value, i.department",
-        conds.join(" AND ")
-    );
-    sql
-}
-
-/// [`Filter`] and [`Scope`] applied to a decoded record, as the index
-/// applies them to its rows.
-struct Matcher<'a> {
-    filter: &'a Filter,
-    scope: &'a Scope,
-    from: Option<String>,
-    to: Option<String>,
-}
-
-impl<'a> Matcher<'a> {
-    fn new(filter: &'a Filter, scope: &'a Scope) -> Self {
-        Self { filter, scope, from: filter.from.as_ref().map(format_time), to: filter.to.as_ref().map(format_time) }
-    }
-
-    /// Whether a record at `at` (as stored) is inside the time window.
-    fn in_window(&self, at: &str) -> bool {
-        self.from.as_deref().is_none_or(|from| at >= from) && self.to.as_deref().is_none_or(|to| at < to)
-    }
-
-    /// Whether a record at `at` is past the end of the window (so are all
-    /// the records after it: times never decrease along the log).
-    fn past(&self, at: &str) -> bool {
-        self.to.as_deref().is_some_and(|to| at >= to)
-    }
-
-    /// Whether a record of `department` naming `datasets` is in scope.
-    fn in_scope<'d>(&self, department: Option<&String>, mut datasets: impl Iterator<Item = &'d String>) -> bool {
-        match self.scope {
-            Scope::All => true,
-            Scope::Departments(set) => {
-                department.is_some_and(|d| set.contains(d)) || datasets.any(|d| set.contains(provider_of(d)))
-            }
-        }
-    }
-
-    fn matches(&self, record: &Record, at: &str) -> bool {
-        let f = self.filter;
-        let same = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
-        same(&f.principal, &record.principal)
-            && same(&f.department, &record.department)
-            && f.action.as_ref().is_none_or(|a| *a == record.action)
-            && f.dataset.as_ref().is_none_or(|d| record.datasets.contains(d))
-            && f.subject.as_ref().is_none_or(|s| record.subjects.contains(s))
-            && self.in_window(at)
-            && self.in_scope(record.department.as_ref(), record.datasets.iter())
-    }
-}
-
-/// The index's mark on `conn` (0 when it has no index attached).
-fn mark_of(conn: &Connection) -> rusqlite::Result<u64> {
-    if index::attached(conn) { index::mark(conn) } else { Ok(0) }
 }
 
 impl Reader {
@@ -321,82 +243,19 @@ impl Reader {
 
     /// Runs a [`select_records`] statement and decodes the records, each with
     /// the seq of its row.
-    fn records(&self, conn: &Connection, sql: &Sql) -> Result<Vec<(u64, Record)>, AuditError> {
+    pub(super) fn records(&self, conn: &Connection, sql: &Sql) -> Result<Vec<(u64, Record)>, AuditError> {
         let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| self.read_error(e))?;
         let mut rows = stmt.query(rusqlite::params_from_iter(&sql.params)).map_err(|e| self.read_error(e))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
             let seq: u64 = row.get(0).map_err(|e| self.read_error(e))?;
             let text: String = row.get(1).map_err(|e| self.read_error(e))?;
-            out.push((seq, self.decode(seq, &text)?));
-        }
-        Ok(out)
-    }
-
-    fn decode(&self, seq: u64, text: &str) -> Result<Record, AuditError> {
-        serde_json::from_str(text).map_err(|e| AuditError::Corrupt {
-            path: self.path.clone(),
-            seq,
-            reason: e.to_string(),
-        })
-    }
-
-    /// Calls `f` with each record of the log after `after`, up to `upto`, in
-    /// seq order, until it answers false.
-    fn each_after(
-        &self,
-        conn: &Connection,
-        after: u64,
-        upto: Option<u64>,
-        mut f: impl FnMut(u64, Record) -> bool,
-    ) -> Result<(), AuditError> {
-        let upto = upto.map_or(i64::MAX, |u| i64::try_from(u).unwrap_or(i64::MAX));
-        let mut stmt = conn
-            .prepare_cached("SELECT seq, record FROM audit_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
-            .map_err(|e| self.read_error(e))?;
-        let mut rows = stmt.query(rusqlite::params![after as i64, upto]).map_err(|e| self.read_error(e))?;
-        while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
-            let seq: u64 = row.get(0).map_err(|e| self.read_error(e))?;
-            let text: String = row.get(1).map_err(|e| self.read_error(e))?;
-            if !f(seq, self.decode(seq, &text)?) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// The records matching `filter` in `scope` with `after < seq <= upto`,
-    /// by seq, at most `limit`, each with its seq: through the index up to
-    /// its mark, by their JSON after it. In one read transaction, so that
-    /// the index and the log are read as of one moment.
-    pub(super) fn page(
-        &self,
-        conn: &Connection,
-        filter: &Filter,
-        scope: &Scope,
-        after: u64,
-        upto: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<(u64, Record)>, AuditError> {
-        let tx = conn.unchecked_transaction().map_err(|e| self.read_error(e))?;
-        let mark = mark_of(&tx).map_err(|e| self.read_error(e))?;
-        let mut out = Vec::new();
-        if after < mark && limit > 0 {
-            let sql = select_records(filter, scope, after, upto.map_or(mark, |u| u.min(mark)), limit);
-            out = self.records(&tx, &sql)?;
-        }
-        if out.len() < limit && upto.is_none_or(|u| after.max(mark) < u) {
-            let matcher = Matcher::new(filter, scope);
-            self.each_after(&tx, after.max(mark), upto, |seq, record| {
-                let at = format_time(&record.time);
-                if matcher.past(&at) {
-                    return false;
-                }
-                if matcher.matches(&record, &at) {
-                    out.push((seq, record));
-                }
-                out.len() < limit
+            let record = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
+                path: self.path.clone(),
+                seq,
+                reason: e.to_string(),
             })?;
+            out.push((seq, record));
         }
         Ok(out)
     }
@@ -409,7 +268,8 @@ impl Reader {
         after: Option<u64>,
     ) -> Result<Vec<Record>, AuditError> {
         self.with(|conn| {
-            Ok(self.page(conn, filter, scope, after.unwrap_or(0), None, limit)?.into_iter().map(|(_, r)| r).collect())
+            let sql = select_records(filter, scope, after.unwrap_or(0), None, limit, subjects::attached(conn));
+            Ok(self.records(conn, &sql)?.into_iter().map(|(_, r)| r).collect())
         })
     }
 
@@ -420,63 +280,51 @@ impl Reader {
         to: Option<DateTime<Utc>>,
         scope: &Scope,
     ) -> Result<Vec<Usage>, AuditError> {
-        let window = Filter { from, to, ..Filter::default() };
-        let matcher = Matcher::new(&window, scope);
-        self.with(|conn| {
-            let tx = conn.unchecked_transaction().map_err(|e| self.read_error(e))?;
-            let mark = mark_of(&tx).map_err(|e| self.read_error(e))?;
-            // (dataset, department) → (reads, rows, the last read's time)
-            let mut totals: BTreeMap<(String, Option<String>), (u64, u64, String)> = BTreeMap::new();
-            if mark > 0 {
-                let sql = usage_sql(dataset, from.as_ref(), to.as_ref(), scope, mark);
-                let mut stmt = tx.prepare_cached(&sql.text).map_err(|e| self.read_error(e))?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(&sql.params)).map_err(|e| self.read_error(e))?;
-                while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
-                    let get = |i: usize| row.get_ref(i).map_err(|e| self.read_error(e));
-                    let key = (
-                        get(0)?.as_str().map_err(|e| self.read_error(e))?.to_string(),
-                        get(1)?.as_str_or_null().map_err(|e| self.read_error(e))?.map(str::to_string),
-                    );
-                    let reads: i64 = get(2)?.as_i64().map_err(|e| self.read_error(e))?;
-                    let rows_read: i64 = get(3)?.as_i64().map_err(|e| self.read_error(e))?;
-                    let at = get(4)?.as_str().map_err(|e| self.read_error(e))?.to_string();
-                    totals.insert(key, (reads.max(0) as u64, rows_read.max(0) as u64, at));
-                }
+        let mut sql = Sql::default();
+        let actions: Vec<String> = READ_ACTIONS.iter().map(|a| a.to_string()).collect();
+        let actions = sql.in_list(&actions);
+        let mut conds =
+            vec!["r.kind = 'dataset'".to_string(), "i.outcome = 'ok'".into(), format!("i.action IN ({actions})")];
+        if let Some(d) = dataset {
+            conds.push(format!("r.value = {}", sql.bind(d.to_string())));
+        }
+        conds.extend(time_window(&mut sql, "r.seq", from.as_ref(), to.as_ref()));
+        if let Scope::Departments(set) = scope {
+            if set.is_empty() {
+                conds.push("0".into());
+            } else {
+                let own = sql.in_list(set);
+                let provided = sql.in_list(set);
+                conds.push(format!(
+                    "(i.department IN ({own}) OR (CASE WHEN instr(r.value, '.') > 0 \
+                     THEN substr(r.value, 1, instr(r.value, '.') - 1) ELSE r.value END) IN ({provided}))"
+                ));
             }
-            self.each_after(&tx, mark, None, |_, record| {
-                let at = format_time(&record.time);
-                if matcher.past(&at) {
-                    return false;
-                }
-                if record.outcome != "ok" || !READ_ACTIONS.contains(&record.action.as_str()) || !matcher.in_window(&at)
-                {
-                    return true;
-                }
-                let named: BTreeSet<&String> = record.datasets.iter().collect();
-                for d in named {
-                    if dataset.is_some_and(|want| want != d.as_str())
-                        || !matcher.in_scope(record.department.as_ref(), std::iter::once(d))
-                    {
-                        continue;
-                    }
-                    let entry = totals.entry((d.clone(), record.department.clone())).or_insert((0, 0, String::new()));
-                    entry.0 += 1;
-                    entry.1 += record.rows.unwrap_or(0);
-                    if at > entry.2 {
-                        entry.2.clone_from(&at);
-                    }
-                }
-                true
-            })?;
-            totals
-                .into_iter()
-                .map(|((dataset, department), (reads, rows, at))| {
-                    let last_at = DateTime::parse_from_rfc3339(&at)
-                        .map_err(|e| self.read_error(format!("index time {at:?}: {e}")))?
-                        .with_timezone(&Utc);
-                    Ok(Usage { dataset, department, reads, rows, last_at })
-                })
-                .collect()
+        }
+        sql.text = format!(
+            "SELECT r.value, i.department, count(*), coalesce(sum(i.rows), 0), max(i.at) \
+             FROM audit_refs r JOIN audit_index i ON i.seq = r.seq WHERE {} \
+             GROUP BY r.value, i.department ORDER BY r.value, i.department",
+            conds.join(" AND ")
+        );
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&sql.text).map_err(|e| self.read_error(e))?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(&sql.params)).map_err(|e| self.read_error(e))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(|e| self.read_error(e))? {
+                let at: String = row.get(4).map_err(|e| self.read_error(e))?;
+                let last_at = DateTime::parse_from_rfc3339(&at)
+                    .map_err(|e| self.read_error(format!("index time {at:?}: {e}")))?
+                    .with_timezone(&Utc);
+                out.push(Usage {
+                    dataset: row.get(0).map_err(|e| self.read_error(e))?,
+                    department: row.get(1).map_err(|e| self.read_error(e))?,
+                    reads: row.get(2).map_err(|e| self.read_error(e))?,
+                    rows: row.get(3).map_err(|e| self.read_error(e))?,
+                    last_at,
+                });
+            }
+            Ok(out)
         })
     }
 }

@@ -1,10 +1,12 @@
 //! The tables of `audit.db` and the connections to it.
 //!
 //! `audit_log` holds the chain (its layout is documented in the API notes).
-//! `audit_checkpoints` holds one signed checkpoint of the head per committed
-//! batch. `PRAGMA user_version` is the schema version. What readers filter
-//! on is derived from the records into a file of its own ([`super::index`]);
-//! versions 1 and 2 kept part of it here (`audit_index`, `audit_refs`).
+//! `audit_index` and `audit_refs` are derived from the records, one row per
+//! record and one per dataset and provider a record names, to filter without
+//! decoding JSON. `audit_checkpoints` holds one signed checkpoint of the head
+//! per committed batch. `PRAGMA user_version` is the schema version. The
+//! subjects a record names are indexed in a file of their own
+//! ([`super::subjects`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,11 +16,11 @@ use rusqlite::{Connection, OpenFlags};
 use super::AuditError;
 
 /// The schema version this build writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 2;
 
 /// WAL pages after which the writer itself checkpoints the log, a safety
-/// net: the indexer checkpoints it behind the writer
-/// ([`super::index`]), so that commits do not wait for the copy into the
+/// net: the subject indexer checkpoints it behind the writer
+/// ([`super::subjects`]), so that commits do not wait for the copy into the
 /// database file and its fsync.
 pub const WRITER_AUTOCHECKPOINT: i64 = 16384;
 
@@ -29,7 +31,7 @@ pub const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// How long a statement waits for a lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(super) const SCHEMA_V1: &str = "
+const SCHEMA_V1: &str = "
 CREATE TABLE audit_log (
     seq INTEGER PRIMARY KEY,
     record TEXT NOT NULL,
@@ -72,14 +74,6 @@ DELETE FROM audit_refs WHERE kind = 'subject';
 PRAGMA user_version = 2;
 ";
 
-/// Version 3: the index rows are in the index file too, written behind the
-/// chain; a commit writes the records and their checkpoint only.
-const SCHEMA_V3: &str = "
-DROP TABLE IF EXISTS audit_refs;
-DROP TABLE IF EXISTS audit_index;
-PRAGMA user_version = 3;
-";
-
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
     move |e| AuditError::Open { path: path.to_path_buf(), reason: e.to_string() }
 }
@@ -103,7 +97,7 @@ pub fn open_writer(path: &Path) -> Result<Connection, AuditError> {
     if version > VERSION {
         return Err(AuditError::Schema { path: path.to_path_buf(), found: version, known: VERSION });
     }
-    for (from, migration) in [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3].into_iter().enumerate() {
+    for (from, migration) in [SCHEMA_V1, SCHEMA_V2].into_iter().enumerate() {
         if version <= from as i64 {
             tx.execute_batch(migration).map_err(&err)?;
         }
@@ -113,11 +107,11 @@ pub fn open_writer(path: &Path) -> Result<Connection, AuditError> {
 }
 
 /// A read-only connection to an existing audit log with its subject index
-/// attached when there is one ([`super::index::attach`]); never creates a
+/// attached when there is one ([`super::subjects::attach`]); never creates a
 /// file.
 pub fn open_reader(path: &Path) -> Result<Connection, AuditError> {
     let conn = open_log_reader(path)?;
-    super::index::attach(&conn, path)?;
+    super::subjects::attach(&conn, path)?;
     Ok(conn)
 }
 
@@ -142,7 +136,7 @@ pub fn open_log_reader(path: &Path) -> Result<Connection, AuditError> {
     }
 }
 
-/// The `audit_index` row of a record (in the index file).
+/// The `audit_index` row of a record.
 #[derive(Debug, PartialEq)]
 pub struct IndexRow {
     pub at: String,
@@ -166,7 +160,7 @@ impl IndexRow {
     }
 }
 
-/// The `audit_refs` rows of a record (in the index file), as (kind, value): each dataset and
+/// The `audit_refs` rows of a record, as (kind, value): each dataset and
 /// each provider department of a dataset.
 pub fn refs_of(record: &super::Record) -> std::collections::BTreeSet<(&'static str, String)> {
     let mut refs = std::collections::BTreeSet::new();

@@ -28,7 +28,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use rusqlite::Connection;
 
-use super::read::{Filter, Reader, Scope};
+use super::read::{Filter, Reader, Scope, select_records};
 use super::{AuditError, Record, schema};
 
 /// Records per page, and so per batch.
@@ -279,10 +279,8 @@ impl Cursor {
             }
         };
         let want = PAGE.min(self.remaining);
-        let records = self
-            .reader
-            .page(&conn, &Filter::default(), &self.scope, self.after, Some(self.upto), want)
-            .map_err(external)?;
+        let sql = select_records(&Filter::default(), &self.scope, self.after, Some(self.upto), want, false);
+        let records = self.reader.records(&conn, &sql).map_err(external)?;
         self.conn = Some(conn);
         let Some((last, _)) = records.last() else { return Ok(None) };
         self.after = *last;

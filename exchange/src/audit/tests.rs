@@ -237,7 +237,10 @@ async fn verify_names_a_deleted_record() {
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     append_n(&log, 10).await;
     log.close();
-    rw(&f.path).execute("DELETE FROM audit_log WHERE seq = 7", []).unwrap();
+    let conn = rw(&f.path);
+    for table in ["audit_log", "audit_index", "audit_refs"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE seq = 7"), []).unwrap();
+    }
     assert_broken(&verify(&f, None), 7, "missing");
 }
 
@@ -288,7 +291,7 @@ async fn verify_detects_a_rewritten_chain() {
     });
     let conn = rw(&f.path);
     // The index is made to agree, so only the checkpoints can tell.
-    index_db(&f).execute("UPDATE audit_index SET principal = 'mallory' WHERE seq = 6", []).unwrap();
+    conn.execute("UPDATE audit_index SET principal = 'mallory' WHERE seq = 6", []).unwrap();
     let report = verify(&f, None);
     assert_broken(&report, 6, "does not match the chain");
     assert_eq!(report.last_checkpoint, Some(5));
@@ -332,9 +335,9 @@ async fn verify_detects_a_cut_tail_and_a_forged_append() {
     log.close();
     let old_head = head_hash(&f.path);
     let conn = rw(&f.path);
-    conn.execute("DELETE FROM audit_log WHERE seq > 8", []).unwrap();
-    // The index goes too (it is rebuilt from the log).
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
+    for table in ["audit_log", "audit_index", "audit_refs"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE seq > 8"), []).unwrap();
+    }
     assert_broken(&verify(&f, None), 9, "removed from its end");
     conn.execute("UPDATE audit_checkpoints SET signature = 'x' WHERE seq = 9", []).unwrap();
     assert_broken(&verify(&f, None), 9, "not validly signed");
@@ -351,6 +354,12 @@ async fn verify_detects_a_cut_tail_and_a_forged_append() {
     conn.execute(
         "INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (9, ?1, ?2, ?3)",
         params![json, prev, chain_hash(&prev, &json)],
+    )
+    .unwrap();
+    let row = schema::IndexRow::of(&r);
+    conn.execute(
+        "INSERT INTO audit_index VALUES (9, ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![row.at, row.principal, row.department, row.action, row.outcome, row.rows],
     )
     .unwrap();
     assert_broken(&verify(&f, None), 9, "not covered by a signed checkpoint");
@@ -377,7 +386,7 @@ async fn verify_checks_the_index() {
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     append_n(&log, 6).await;
     log.close();
-    let conn = index_db(&f);
+    let conn = rw(&f.path);
     conn.execute("UPDATE audit_index SET principal = 'mallory' WHERE seq = 3", []).unwrap();
     assert_broken(&verify(&f, None), 3, "index row of record 3 disagrees");
     conn.execute("UPDATE audit_index SET principal = 'alice' WHERE seq = 3", []).unwrap();
@@ -393,10 +402,7 @@ async fn verify_checks_the_index() {
     assert_broken(&verify(&f, None), 5, "no index row");
     conn.execute("INSERT INTO audit_index SELECT * FROM saved", []).unwrap();
     assert!(verify(&f, None).ok);
-    // Rows past the mark are not used, so not checked; under it they are.
     conn.execute("INSERT INTO audit_index VALUES (99, 'x', NULL, NULL, 'query', 'ok', NULL)", []).unwrap();
-    assert!(verify(&f, None).ok);
-    conn.execute("UPDATE index_mark SET seq = 99", []).unwrap();
     assert_broken(&verify(&f, None), 99, "not in the log");
 }
 
@@ -442,15 +448,15 @@ async fn a_failed_batch_leaves_nothing_and_the_next_one_succeeds() {
     let f = fixture();
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     append_n(&log, 3).await;
-    // A stray checkpoint makes the next batch fail after its record is written.
+    // A stray index row makes the next insert fail halfway through the batch.
     let conn = rw(&f.path);
-    conn.execute("INSERT INTO audit_checkpoints VALUES (4, 'x', 'x', 'x')", []).unwrap();
+    conn.execute("INSERT INTO audit_index VALUES (4, 'x', NULL, NULL, 'query', 'ok', NULL)", []).unwrap();
     assert!(log.append(Record::new("query", "ok")).await.unwrap_err().is_unavailable());
     assert!(log.append(Record::new("query", "ok")).await.unwrap_err().is_unavailable());
     let rows: u64 = conn.query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0)).unwrap();
-    let cps: u64 = conn.query_row("SELECT count(*) FROM audit_checkpoints", [], |r| r.get(0)).unwrap();
-    assert_eq!((rows, cps), (3, 4));
-    conn.execute("DELETE FROM audit_checkpoints WHERE seq = 4", []).unwrap();
+    let cps: u64 = conn.query_row("SELECT max(seq) FROM audit_checkpoints", [], |r| r.get(0)).unwrap();
+    assert_eq!((rows, cps), (3, 3));
+    conn.execute("DELETE FROM audit_index WHERE seq = 4", []).unwrap();
     assert_eq!(log.append(Record::new("query", "ok")).await.unwrap(), 4);
     let report = log.verify(None).await;
     assert!(report.ok && report.records == 4, "{report:?}");
@@ -717,13 +723,13 @@ async fn lookups(log: &AuditLog, n: u64) {
     }
 }
 
-fn index_db(f: &Fixture) -> Connection {
-    rw(&index::path_of(&f.path))
+fn subjects_db(f: &Fixture) -> Connection {
+    rw(&subjects::path_of(&f.path))
 }
 
 /// The subject index's rows as (key, seq).
 fn index_rows(f: &Fixture) -> Vec<(i64, u64)> {
-    index_db(f)
+    subjects_db(f)
         .prepare("SELECT key, seq FROM subject_refs ORDER BY seq, key")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -733,7 +739,7 @@ fn index_rows(f: &Fixture) -> Vec<(i64, u64)> {
 }
 
 fn index_mark(f: &Fixture) -> u64 {
-    index_db(f).query_row("SELECT seq FROM index_mark", [], |r| r.get(0)).unwrap()
+    subjects_db(f).query_row("SELECT seq FROM subject_mark", [], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]
@@ -744,23 +750,16 @@ async fn the_subject_index_covers_the_log_at_close() {
     append_n(&log, 2).await;
     let k3 = log.subject_hash("k3");
     log.close();
-    assert_eq!(index::path_of(&f.path), f.path.with_file_name("audit-index.db"));
+    assert_eq!(subjects::path_of(&f.path), f.path.with_file_name("audit-subjects.db"));
     assert_eq!(index_mark(&f), 7);
     let rows = index_rows(&f);
     assert_eq!(rows.len(), 10);
-    let key = index::key_of(&k3);
+    let key = subjects::key_of(&k3);
     assert_eq!(rows.iter().filter(|(v, _)| *v == key).map(|(_, s)| *s).collect::<Vec<_>>(), vec![3, 4]);
-    // The log itself holds the chain and its checkpoints only.
-    let tables: Vec<String> = rw(&f.path)
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(tables, ["audit_checkpoints", "audit_log"]);
-    let indexed: u64 = index_db(&f).query_row("SELECT count(*) FROM audit_index", [], |r| r.get(0)).unwrap();
-    assert_eq!(indexed, 7);
+    // Nothing of the subjects is left in the log's own index.
+    let in_refs: u64 =
+        rw(&f.path).query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
+    assert_eq!(in_refs, 0);
     assert!(verify(&f, None).ok);
 }
 
@@ -779,14 +778,14 @@ async fn readers_find_subjects_past_the_mark_and_without_the_index() {
     };
     assert_eq!((by(&k3, None), by(&k6, None)), (vec![3, 4], vec![6]));
     // The index as it would be while the indexer is behind: covering records 1 to 3.
-    let index = index_db(&f);
+    let index = subjects_db(&f);
     index.execute("DELETE FROM subject_refs WHERE seq > 3", []).unwrap();
-    index.execute("UPDATE index_mark SET seq = 3", []).unwrap();
+    index.execute("UPDATE subject_mark SET seq = 3", []).unwrap();
     assert_eq!((by(&k3, None), by(&k6, None)), (vec![3, 4], vec![6]));
     assert_eq!(by(&k3, Some("gongan.population")), vec![3, 4]);
     assert_eq!(by(&k3, Some("shebao.pensions")), Vec::<u64>::new());
     // The tail is not taken from the index: a row past the mark does not count.
-    let key = index::key_of(&k3);
+    let key = subjects::key_of(&k3);
     index.execute("INSERT INTO subject_refs VALUES (0, ?1, 5)", [key]).unwrap();
     assert_eq!(by(&k3, None), vec![3, 4]);
     // A row under the subject's key for a record that does not name the
@@ -796,7 +795,7 @@ async fn readers_find_subjects_past_the_mark_and_without_the_index() {
     index.execute("DELETE FROM subject_refs WHERE seq = 1 AND key = ?1", [key]).unwrap();
     // Without an index file at all, the records' JSON answers.
     drop(index);
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
     let reader = read::Reader::new(f.path.clone());
     let filter = Filter { subject: Some(k3.clone()), ..Filter::default() };
     assert_eq!(seqs(&reader.list(&filter, &Scope::All, 100, None).unwrap()), vec![3, 4]);
@@ -811,17 +810,17 @@ async fn the_subject_index_catches_up_and_is_rebuilt_for_another_log() {
     log.close();
     let complete = index_rows(&f);
     // Lost flushes: the mark and rows of the last records are gone.
-    let index = index_db(&f);
+    let index = subjects_db(&f);
     index.execute("DELETE FROM subject_refs WHERE seq > 1", []).unwrap();
     let hash1: String = rw(&f.path).query_row("SELECT hash FROM audit_log WHERE seq = 1", [], |r| r.get(0)).unwrap();
-    index.execute("UPDATE index_mark SET seq = 1, hash = ?1", [&hash1]).unwrap();
+    index.execute("UPDATE subject_mark SET seq = 1, hash = ?1", [&hash1]).unwrap();
     drop(index);
     AuditLog::open(&f.path, &f.secret).unwrap().close();
     assert_eq!((index_rows(&f), index_mark(&f)), (complete.clone(), 4));
     // An index whose mark is not this log's is emptied and rebuilt.
-    let index = index_db(&f);
+    let index = subjects_db(&f);
     index.execute("INSERT INTO subject_refs VALUES (0, 42, 2)", []).unwrap();
-    index.execute("UPDATE index_mark SET hash = 'not this log'", []).unwrap();
+    index.execute("UPDATE subject_mark SET hash = 'not this log'", []).unwrap();
     drop(index);
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     lookups(&log, 1).await;
@@ -831,7 +830,7 @@ async fn the_subject_index_catches_up_and_is_rebuilt_for_another_log() {
     assert!(rows.iter().all(|(v, _)| *v != 42));
     assert_eq!(index_mark(&f), 5);
     // A deleted index is rebuilt too.
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
     AuditLog::open(&f.path, &f.secret).unwrap().close();
     assert_eq!(index_rows(&f), rows);
 }
@@ -841,9 +840,9 @@ async fn verify_checks_the_subject_index_up_to_its_mark() {
     let f = fixture();
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     lookups(&log, 5).await;
-    let k2 = index::key_of(&log.subject_hash("k2"));
+    let k2 = subjects::key_of(&log.subject_hash("k2"));
     log.close();
-    let index = index_db(&f);
+    let index = subjects_db(&f);
     index.execute("DELETE FROM subject_refs WHERE key = ?1 AND seq = 2", [k2]).unwrap();
     assert_broken(&verify(&f, None), 2, "index row of record 2 disagrees");
     index.execute("INSERT INTO subject_refs VALUES (0, ?1, 2)", [k2]).unwrap();
@@ -851,7 +850,7 @@ async fn verify_checks_the_subject_index_up_to_its_mark() {
     index.execute("INSERT INTO subject_refs VALUES (0, ?1, 4)", [k2]).unwrap();
     assert_broken(&verify(&f, None), 4, "index row of record 4 disagrees");
     // Past the mark the index is not consulted, so not checked.
-    index.execute("UPDATE index_mark SET seq = 3", []).unwrap();
+    index.execute("UPDATE subject_mark SET seq = 3", []).unwrap();
     assert!(verify(&f, None).ok);
 }
 
@@ -862,14 +861,11 @@ async fn a_log_of_schema_1_is_upgraded() {
     lookups(&log, 3).await;
     let k1 = log.subject_hash("k1");
     log.close();
-    // As version 1 kept them: index tables in the log, subjects in audit_refs, no index file.
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
+    // As version 1 kept them: subjects in audit_refs, no index file.
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
     let conn = rw(&f.path);
-    let v1 = schema::SCHEMA_V1
-        .replace("CREATE TABLE audit_log", "CREATE TABLE IF NOT EXISTS audit_log")
-        .replace("CREATE TABLE audit_checkpoints", "CREATE TABLE IF NOT EXISTS audit_checkpoints");
-    conn.execute_batch(&v1).unwrap();
     conn.execute("INSERT INTO audit_refs VALUES ('subject', ?1, 1)", [&k1]).unwrap();
+    conn.execute_batch("PRAGMA user_version = 1").unwrap();
     let err = verify_file(&f.path, &f.secret, None).unwrap_err();
     assert!(err.to_string().contains("older schema version 1"), "{err}");
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
@@ -877,11 +873,9 @@ async fn a_log_of_schema_1_is_upgraded() {
     assert_eq!(seqs(&log.list(&filter, &Scope::All, 10, None).await.unwrap()), vec![1, 2]);
     log.close();
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    let old: u64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema WHERE name IN ('audit_index', 'audit_refs')", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!((version, old), (3, 0));
-    assert_eq!(index_mark(&f), 3);
+    let in_refs: u64 =
+        conn.query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
+    assert_eq!((version, in_refs), (2, 0));
     assert!(verify(&f, None).ok);
 }
 
@@ -894,7 +888,7 @@ async fn the_subject_index_grows_in_generations() {
     // generation is closed by the flush that crosses its bound, so it can
     // hold up to a flush more than the bound.
     let per_record = 1000;
-    let most = index::GEN_REFS + index::MAX_PENDING as u64 + 16 * per_record;
+    let most = subjects::GEN_REFS + subjects::MAX_PENDING as u64 + 16 * per_record;
     let records = 2 * most / per_record + 20;
     let subject = |i: u64| log.subject_hash(&format!("k{i}"));
     for chunk in (0..records).collect::<Vec<_>>().chunks(16) {
@@ -909,7 +903,7 @@ async fn the_subject_index_grows_in_generations() {
     }
     let (first, middle, last) = (subject(5), subject(records / 2 * per_record + 7), subject(records * per_record - 1));
     log.close();
-    let gens: Vec<(i64, u64)> = index_db(&f)
+    let gens: Vec<(i64, u64)> = subjects_db(&f)
         .prepare("SELECT gen, count(*) FROM subject_refs GROUP BY gen ORDER BY gen")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -917,7 +911,7 @@ async fn the_subject_index_grows_in_generations() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(gens.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1, 2], "{gens:?}");
-    assert!(gens[..2].iter().all(|g| (index::GEN_REFS..=most).contains(&g.1)), "{gens:?}");
+    assert!(gens[..2].iter().all(|g| (subjects::GEN_REFS..=most).contains(&g.1)), "{gens:?}");
     assert_eq!(gens.iter().map(|g| g.1).sum::<u64>(), records * per_record);
     // A subject is found in whichever generation holds it.
     let reader = read::Reader::new(f.path.clone());
@@ -934,100 +928,41 @@ async fn the_subject_index_grows_in_generations() {
     let late = rec.subjects[0].clone();
     log.append(rec).await.unwrap();
     log.close();
-    let newest: i64 = index_db(&f)
-        .query_row("SELECT gen FROM subject_refs WHERE key = ?1", [index::key_of(&late)], |r| r.get(0))
+    let newest: i64 = subjects_db(&f)
+        .query_row("SELECT gen FROM subject_refs WHERE key = ?1", [subjects::key_of(&late)], |r| r.get(0))
         .unwrap();
     assert_eq!(newest, 2);
 }
 
 #[tokio::test]
-async fn the_subject_index_of_earlier_versions_is_removed() {
+async fn a_subject_index_of_version_1_is_rebuilt() {
     let f = fixture();
     let log = AuditLog::open(&f.path, &f.secret).unwrap();
     lookups(&log, 4).await;
     let k2 = log.subject_hash("k2");
     log.close();
     let complete = index_rows(&f);
-    // Earlier versions kept the subjects in audit-subjects.db; this version
-    // starts with no index file of its own.
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
-    let old = f.path.with_file_name("audit-subjects.db");
-    let mut old_wal = old.clone().into_os_string();
-    old_wal.push("-wal");
-    std::fs::write(&old, b"an earlier index").unwrap();
-    std::fs::write(&old_wal, b"its log").unwrap();
-    // Readers without an index file search the records.
+    // The layout of version 1: one B-tree of (value, seq).
+    std::fs::remove_file(subjects::path_of(&f.path)).unwrap();
+    subjects_db(&f)
+        .execute_batch(
+            "CREATE TABLE subject_refs (value TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (value, seq)) WITHOUT ROWID;
+             CREATE INDEX subject_refs_seq ON subject_refs (seq);
+             CREATE TABLE subject_mark (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+             INSERT INTO subject_mark VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    // Readers do not use it; they search the records.
     let reader = read::Reader::new(f.path.clone());
     let filter = Filter { subject: Some(k2.clone()), ..Filter::default() };
     assert_eq!(seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap()), vec![2, 3]);
-    // The writer removes the earlier file and builds the index from the log.
+    // The indexer replaces it and rebuilds it from the log.
     AuditLog::open(&f.path, &f.secret).unwrap().close();
-    assert!(!old.exists() && !std::path::Path::new(&old_wal).exists());
     assert_eq!((index_rows(&f), index_mark(&f)), (complete, 4));
+    let version: i64 = subjects_db(&f).query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 2);
     let reader = read::Reader::new(f.path.clone());
     assert_eq!(seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap()), vec![2, 3]);
     assert!(verify(&f, None).ok);
-}
-
-#[tokio::test]
-async fn readers_answer_the_same_through_the_index_or_the_records() {
-    let f = fixture();
-    let log = AuditLog::open(&f.path, &f.secret).unwrap();
-    sample(&log).await;
-    sample(&log).await;
-    let subject = log.subject_hash("110101199001011234");
-    let times: Vec<DateTime<Utc>> =
-        log.list(&Filter::default(), &Scope::All, 100, None).await.unwrap().iter().map(|r| r.time).collect();
-    log.close();
-    let filters = [
-        Filter::default(),
-        Filter { principal: Some("alice".into()), ..Filter::default() },
-        Filter { department: Some("minzheng".into()), ..Filter::default() },
-        Filter { action: Some("query".into()), ..Filter::default() },
-        Filter { dataset: Some("shebao.pensions".into()), ..Filter::default() },
-        Filter { subject: Some(subject.clone()), ..Filter::default() },
-        Filter { subject: Some(subject), dataset: Some("gongan.population".into()), ..Filter::default() },
-        Filter { from: Some(times[3]), to: Some(times[9]), ..Filter::default() },
-        Filter { to: Some(times[2]), principal: Some("bob".into()), ..Filter::default() },
-    ];
-    let scopes = [Scope::All, departments(&["shebao"]), departments(&["gongan", "jiaoyu"]), departments(&[])];
-    let answers = || {
-        let reader = read::Reader::new(f.path.clone());
-        let mut out = Vec::new();
-        for filter in &filters {
-            for scope in &scopes {
-                out.push(seqs(&reader.list(filter, scope, 100, None).unwrap()));
-                // Pages of two.
-                let (mut paged, mut after) = (Vec::new(), None);
-                loop {
-                    let page = reader.list(filter, scope, 2, after).unwrap();
-                    paged.extend(seqs(&page));
-                    match page.last() {
-                        Some(r) if page.len() == 2 => after = Some(r.seq),
-                        _ => break,
-                    }
-                }
-                out.push(paged);
-            }
-        }
-        let mut usage = Vec::new();
-        for scope in &scopes {
-            for (dataset, from, to) in
-                [(None, None, None), (Some("gongan.population"), None, None), (None, Some(times[4]), Some(times[10]))]
-            {
-                usage.push(reader.usage(dataset, from, to, scope).unwrap());
-            }
-        }
-        (out, usage)
-    };
-    let (lists, usage) = answers();
-    assert_eq!(lists[0], (1..=12).collect::<Vec<u64>>());
-    assert!(usage[0].iter().map(|u| u.reads).sum::<u64>() > 0);
-    assert_eq!(index_mark(&f), 12);
-    // The index covering half of the log: the rest is read from the records.
-    index_db(&f).execute("UPDATE index_mark SET seq = 5", []).unwrap();
-    assert_eq!(answers(), (lists.clone(), usage.clone()));
-    // No index at all.
-    std::fs::remove_file(index::path_of(&f.path)).unwrap();
-    assert_eq!(answers(), (lists, usage));
 }

@@ -13,7 +13,7 @@ use rusqlite::{Connection, Row, Rows};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{self, IndexRow, refs_of};
-use super::{AuditError, GENESIS, Keys, Record, chain_hash, index};
+use super::{AuditError, GENESIS, Keys, Record, chain_hash, subjects};
 use crate::secret::PlatformSecret;
 
 /// The verifier's findings.
@@ -62,8 +62,8 @@ impl VerifyReport {
 /// - each checkpoint is signed with the key derived from `secret` and signs
 ///   the hash the chain has at its seq, that the last record is signed by a
 ///   checkpoint, and that no checkpoint lies beyond the last record;
-/// - the index rows agree with the records up to the index's mark, when
-///   the index is there;
+/// - the index rows agree with the records (those of the subject index up
+///   to its mark, when the index is there);
 /// - when `expect_head` is given (a head hash kept elsewhere), some record
 ///   has that hash.
 #[tracing::instrument(skip_all, fields(path = %path.display()))]
@@ -126,29 +126,22 @@ struct Checkpoint {
 }
 
 fn verify_conn(conn: &Connection, keys: &Keys, expect_head: Option<&str>) -> rusqlite::Result<VerifyReport> {
-    // The index's mark is read first, so that the log read after it holds
-    // every record the mark covers. Rows past the mark are not used by
-    // readers, so not checked.
-    let mark = if index::attached(conn) { index::mark(conn)? } else { 0 };
+    // The subject index's mark is read first, so that the log read after it
+    // holds every record the mark covers.
+    let subject_mark = if subjects::attached(conn) { subjects::mark(conn)? } else { 0 };
     let mut log_stmt = conn.prepare("SELECT seq, record, prev_hash, hash FROM audit_log ORDER BY seq")?;
-    let x = index::SCHEMA_NAME;
-    let (index_sql, refs_sql) = if mark > 0 {
-        (
-            format!(
-                "SELECT seq, at, principal, department, action, outcome, rows FROM {x}.audit_index \
-                 WHERE seq <= {mark} ORDER BY seq"
-            ),
-            format!(
-                "SELECT seq, kind, value FROM {x}.audit_refs WHERE seq <= {mark} UNION ALL \
-                 SELECT seq, 'subject', CAST(key AS TEXT) FROM {x}.subject_refs WHERE seq <= {mark} \
-                 ORDER BY 1, 2, 3"
-            ),
+    let mut index_stmt =
+        conn.prepare("SELECT seq, at, principal, department, action, outcome, rows FROM audit_index ORDER BY seq")?;
+    let mut refs_stmt = conn.prepare(&if subject_mark > 0 {
+        format!(
+            "SELECT seq, kind, value FROM audit_refs UNION ALL \
+             SELECT seq, 'subject', CAST(key AS TEXT) FROM {}.subject_refs WHERE seq <= {subject_mark} \
+             ORDER BY 1, 2, 3",
+            subjects::SCHEMA_NAME
         )
     } else {
-        ("SELECT 0, '', NULL, NULL, '', '', NULL WHERE 0".to_string(), "SELECT 0, '', '' WHERE 0".to_string())
-    };
-    let mut index_stmt = conn.prepare(&index_sql)?;
-    let mut refs_stmt = conn.prepare(&refs_sql)?;
+        "SELECT seq, kind, value FROM audit_refs ORDER BY seq, kind, value".to_string()
+    })?;
     let mut cp_stmt = conn.prepare("SELECT seq, hash, signed_at, signature FROM audit_checkpoints ORDER BY seq")?;
     let mut log = decoded(log_stmt.query([])?, |r| {
         Ok((r.get::<_, i64>(0)?, (r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))
@@ -195,9 +188,7 @@ fn verify_conn(conn: &Connection, keys: &Keys, expect_head: Option<&str>) -> rus
                 Ok(r) => r,
                 Err(b) => return Ok(Err(b)),
             };
-            if seq <= mark
-                && let Err(b) = check_index(seq, &record, &mut index, &mut refs)?
-            {
+            if let Err(b) = check_index(seq, &record, seq <= subject_mark, &mut index, &mut refs)? {
                 return Ok(Err(b));
             }
             if expect_head.as_deref() == Some(hash.as_str()) {
@@ -348,10 +339,12 @@ impl State {
     }
 }
 
-/// Checks that the index rows of record `seq` are those its content gives.
+/// Checks that the index rows of record `seq` are those its content gives
+/// (with its subjects when `with_subjects`).
 fn check_index(
     seq: u64,
     record: &Record,
+    with_subjects: bool,
     index: &mut Peekable<impl Iterator<Item = rusqlite::Result<(i64, IndexRow)>>>,
     refs: &mut Peekable<impl Iterator<Item = rusqlite::Result<(i64, (String, String))>>>,
 ) -> Step<()> {
@@ -380,8 +373,11 @@ fn check_index(
         found.insert(kv);
     }
     let mut wanted: BTreeSet<(String, String)> = refs_of(record).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    wanted
-        .extend(index::subjects_of(record).into_iter().map(|s| ("subject".to_string(), index::key_of(s).to_string())));
+    if with_subjects {
+        wanted.extend(
+            subjects::subjects_of(record).into_iter().map(|s| ("subject".to_string(), subjects::key_of(s).to_string())),
+        );
+    }
     if found != wanted {
         return Ok(Err(mismatch()));
     }

@@ -1,13 +1,12 @@
 //! The writer thread: group commit of queued appends.
 //!
 //! It blocks for the first queued record, takes everything else queued (up
-//! to [`BATCH`]), and writes the batch and one signed checkpoint of the new
-//! head in one transaction: one fsync for the whole batch. Only then are the
-//! callers answered. When the transaction fails it is rolled back, every
-//! caller of the batch gets the error, and the head is read again from the
-//! database before the next batch. The records of a committed batch are
-//! then handed to the indexer ([`super::index`]), which writes the rows
-//! readers filter on.
+//! to [`BATCH`]), and writes the batch, its index rows and one signed
+//! checkpoint of the new head in one transaction: one fsync for the whole
+//! batch. Only then are the callers answered. When the transaction fails it
+//! is rolled back, every caller of the batch gets the error, and the head is
+//! read again from the database before the next batch. The subjects of a
+//! committed batch are handed to the subject indexer ([`super::subjects`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
@@ -15,7 +14,8 @@ use std::sync::{Arc, mpsc};
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::index::Committed;
+use super::schema::{IndexRow, refs_of};
+use super::subjects::Committed;
 use super::{AuditError, GENESIS, Job, Keys, Record, chain_hash, format_time};
 
 /// The most records committed in one transaction.
@@ -33,31 +33,28 @@ pub(super) struct Writer {
     conn: Connection,
     path: PathBuf,
     keys: Arc<Keys>,
-    /// Where committed records go; `None` once the indexer has stopped.
-    indexer: Option<mpsc::Sender<Committed>>,
+    /// Where committed subjects go; `None` once the indexer has stopped.
+    subjects: Option<mpsc::Sender<Committed>>,
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, path: PathBuf, keys: Arc<Keys>, indexer: mpsc::Sender<Committed>) -> Self {
-        Self { conn, path, keys, indexer: Some(indexer) }
+    pub(super) fn new(conn: Connection, path: PathBuf, keys: Arc<Keys>, subjects: mpsc::Sender<Committed>) -> Self {
+        Self { conn, path, keys, subjects: Some(subjects) }
     }
 
-    /// Answers the callers of a committed batch, then hands its records to
-    /// the indexer.
-    fn answer(&mut self, head: &Head, batch: &mut Vec<Job>) {
-        let mut records = Vec::with_capacity(batch.len());
-        for job in batch.drain(..) {
-            if let Some(reply) = job.reply {
-                // A caller that stopped waiting still has its record written.
-                let _ = reply.send(Ok(job.record.seq));
-            }
-            records.push(job.record);
-        }
-        let Some(sender) = &self.indexer else { return };
-        if sender.send(Committed { through: head.seq, hash: head.hash.clone(), records }).is_err() {
-            // Readers filter the records after the index's mark themselves, so nothing is missed.
-            tracing::error!(path = %self.path.display(), "the audit indexer has stopped");
-            self.indexer = None;
+    /// Hands the subjects of a committed batch to the indexer (the records
+    /// are not needed any more once their callers are answered).
+    fn hand_over(&mut self, head: &Head, batch: &mut [Job]) {
+        let Some(sender) = &self.subjects else { return };
+        let refs = batch
+            .iter_mut()
+            .filter(|job| !job.record.subjects.is_empty())
+            .map(|job| (job.record.seq, std::mem::take(&mut job.record.subjects)))
+            .collect();
+        if sender.send(Committed { through: head.seq, hash: head.hash.clone(), refs }).is_err() {
+            // Readers search the records after the index's mark, so nothing is missed.
+            tracing::error!(path = %self.path.display(), "the audit subject indexer has stopped");
+            self.subjects = None;
         }
     }
 
@@ -80,7 +77,13 @@ impl Writer {
             .and_then(|h| self.commit(h, &mut batch));
             match result {
                 Ok(new_head) => {
-                    self.answer(&new_head, &mut batch);
+                    self.hand_over(&new_head, &mut batch);
+                    for job in batch.drain(..) {
+                        if let Some(reply) = job.reply {
+                            // A caller that stopped waiting still has its record written.
+                            let _ = reply.send(Ok(job.record.seq));
+                        }
+                    }
                     head = Some(new_head);
                 }
                 Err(e) => {
@@ -141,6 +144,11 @@ impl Writer {
         {
             let mut log =
                 tx.prepare_cached("INSERT INTO audit_log (seq, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut index = tx.prepare_cached(
+                "INSERT INTO audit_index (seq, at, principal, department, action, outcome, rows) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut refs = tx.prepare_cached("INSERT INTO audit_refs (kind, value, seq) VALUES (?1, ?2, ?3)")?;
             for job in batch.iter_mut() {
                 seq += 1;
                 job.record.seq = seq;
@@ -149,6 +157,19 @@ impl Writer {
                 let next = chain_hash(&hash, &json);
                 log.execute(params![seq, json, hash, next])?;
                 hash = next;
+                let row = IndexRow::of(&job.record);
+                index.execute(params![
+                    seq,
+                    row.at,
+                    row.principal,
+                    row.department,
+                    row.action,
+                    row.outcome,
+                    row.rows
+                ])?;
+                for (kind, value) in refs_of(&job.record) {
+                    refs.execute(params![kind, value, seq])?;
+                }
             }
             let signed_at = format_time(&Utc::now());
             let signature = self.keys.sign_checkpoint(seq, &hash, &signed_at);

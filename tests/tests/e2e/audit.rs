@@ -231,6 +231,8 @@ async fn an_edited_record_or_a_cut_tail_is_named() {
     // A cut tail (records and their checkpoints gone) fails against the head noted before.
     db.execute("DELETE FROM audit_log WHERE seq > ?1", [records - 2]).expect("cut");
     db.execute("DELETE FROM audit_checkpoints WHERE seq > ?1", [records - 2]).expect("cut");
+    db.execute("DELETE FROM audit_refs WHERE seq > ?1", [records - 2]).expect("cut");
+    db.execute("DELETE FROM audit_index WHERE seq > ?1", [records - 2]).expect("cut");
     let report = verify(Some(&head_before));
     assert!(!report.ok, "{report:?}");
     assert_eq!(report.first_broken, Some(records - 1), "{report:?}");

@@ -1,37 +1,32 @@
-//! The audit index: the rows readers filter on, derived from the records of
-//! the log and kept in a file of its own beside it (`audit.db` →
-//! `audit-index.db`), written by its own thread behind the chain.
+//! The subject index: which records name each subject hash, for the data
+//! tracker and the `subject` filter of [`super::AuditLog::list`].
 //!
-//! - `audit_index`: one row per record (time, principal, department,
-//!   action, outcome, rows), with an index on each column filtered on;
-//! - `audit_refs`: one row per dataset a record names, and per provider
-//!   department of those datasets;
-//! - `subject_refs`: one row per subject hash a record names;
-//! - `index_mark`: the seq and hash of the last record covered (the mark).
+//! Subject hashes are uniformly spread, so indexing them in the chain's own
+//! transaction cost one randomly placed B-tree page per record per commit,
+//! written and fsynced on the path every audited request waits for. The
+//! index lives instead in a file of its own beside the log
+//! (`audit.db` → `audit-subjects.db`), written by its own thread behind the
+//! chain: the chain writer hands it the subjects of each committed batch,
+//! and it inserts them in sorted runs every [`FLUSH_EVERY`], with the seq
+//! and hash of the last record covered (the mark) in the same transaction.
 //!
-//! The chain writer commits the records and their signed checkpoint only,
-//! two B-trees, and hands each committed batch to the indexer, which
-//! inserts their rows in sorted runs every [`FLUSH_EVERY`], moving the mark
-//! in the same transaction. Written in the chain's own transaction, the
-//! index rows made each commit rewrite a leaf of nine B-trees, on the path
-//! every audited request waits for (`docs/performance.md`).
-//!
-//! Subject hashes are uniformly spread, and one B-tree over every
-//! reference rewrote about one page per reference once it outgrew the
-//! cache: 50-90 MB/s of writes at 15,000 lookups/s, whose I/O delayed the
-//! chain's fsyncs. So `subject_refs` is split in generations of about
-//! [`GEN_REFS`] references: a row is `(gen, key, seq)`, where `key` is the
-//! first 64 bits of the SHA-256 of the subject hash ([`key_of`]). Inserts
-//! only ever go to the newest generation, a B-tree of a few megabytes that
-//! stays in the page cache, however large the index has grown. A reader
-//! looks a key up in each generation (a few dozen at ten million
-//! references) and checks each record found against its JSON, so that a
-//! shared key prefix cannot match another subject's records.
+//! The index is split in generations of about [`GEN_REFS`] references: a
+//! row is `(gen, key, seq)`, where `key` is the first 64 bits of the
+//! SHA-256 of the subject hash ([`key_of`]). Inserts only ever go to the
+//! newest generation, a B-tree of a few megabytes that stays in the page
+//! cache, so a flush rewrites at most that many pages, however large the
+//! index has grown. One B-tree over every reference rewrote about one page
+//! per reference once it outgrew the cache: 50-90 MB/s of writes at 15,000
+//! lookups/s, whose I/O delayed the chain's fsyncs and set the lookup p99
+//! (`docs/performance.md`). A reader looks a key up in each generation
+//! (a few dozen at ten million references) and checks each record found
+//! against its JSON, so that a shared key prefix cannot match another
+//! subject's records.
 //!
 //! The index is derived from the records and never ahead of them. Readers
-//! take the records up to the mark from the index and filter those after
-//! it (at most a flush behind while the server runs) by their JSON, so an
-//! answer is complete whatever the index's lag. At start the indexer
+//! take the records up to the mark from the index and search the records
+//! after it (at most a flush behind while the server runs) in their JSON, so
+//! an answer is complete whatever the index's lag. At start the indexer
 //! catches up from the log; an index whose mark does not match the log (a
 //! restored or replaced `audit.db`) is emptied and rebuilt. The file is not
 //! backed up: it is rebuilt from the log. The verifier checks that the index
@@ -50,29 +45,22 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
-use super::schema::{IndexRow, refs_of};
 use super::{AuditError, GENESIS, Record, schema};
 
 /// How often the indexer writes what the chain writer has handed it.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the log's WAL is checkpointed while records arrive. Under load
-/// the chain writer would reach its own checkpoint threshold in about a
-/// second, then copy up to 16,384 pages and fsync the database file on the
-/// path every audited request waits for: stalls of 10-20 ms, once a second,
-/// that set the lookup p99. Checkpointed every 100 ms, the writer's own
+/// the chain writer appends some 20 pages a commit (a leaf of each B-tree it
+/// touches) and would reach its own checkpoint threshold in under a second,
+/// then copy up to 16,384 pages and fsync the database file on the path
+/// every audited request waits for: stalls of 10-20 ms, once a second, that
+/// set the lookup p99. Checkpointed every 100 ms, the writer's own
 /// checkpoints only finish what is left (see `docs/performance.md`).
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
-/// At most this many rows (records and their references) are held before
-/// they are written.
+/// At most this many references are held before they are written.
 pub const MAX_PENDING: usize = 1 << 16;
-
-/// References per generation of `subject_refs`: a generation is closed once
-/// it holds this many (the flush that crosses the bound completes it). At
-/// some 18 bytes a reference, the open generation stays well inside the
-/// indexer's page cache.
-pub const GEN_REFS: u64 = 1 << 18;
 
 /// The index writer's page cache, in KiB.
 const INDEX_CACHE_KIB: i64 = 32 * 1024;
@@ -80,30 +68,17 @@ const INDEX_CACHE_KIB: i64 = 32 * 1024;
 /// Records read per step when catching up from the log.
 const CATCH_UP_STEP: i64 = 4096;
 
-/// The schema version of the index file.
-const VERSION: i64 = 1;
+/// References per generation of the index: a generation is closed once it
+/// holds this many (the flush that crosses the bound completes it). At some
+/// 18 bytes a reference, the open generation stays well inside the
+/// indexer's page cache.
+pub const GEN_REFS: u64 = 1 << 18;
 
-const SCHEMA_V1: &str = "
-CREATE TABLE audit_index (
-    seq INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    principal TEXT,
-    department TEXT,
-    action TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    rows INTEGER
-);
-CREATE INDEX audit_index_principal ON audit_index (principal, seq);
-CREATE INDEX audit_index_department ON audit_index (department, seq);
-CREATE INDEX audit_index_action ON audit_index (action, seq);
-CREATE INDEX audit_index_at ON audit_index (at);
-CREATE TABLE audit_refs (
-    kind TEXT NOT NULL,
-    value TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (kind, value, seq)
-) WITHOUT ROWID;
-CREATE INDEX audit_refs_seq ON audit_refs (seq);
+/// The schema version of the index file. Version 1 had one B-tree of
+/// `(value, seq)`; a file of version 1 is emptied and rebuilt.
+const VERSION: i64 = 2;
+
+const SCHEMA: &str = "
 CREATE TABLE subject_refs (
     gen INTEGER NOT NULL,
     key INTEGER NOT NULL,
@@ -111,40 +86,30 @@ CREATE TABLE subject_refs (
     PRIMARY KEY (gen, key, seq)
 ) WITHOUT ROWID;
 CREATE INDEX subject_refs_seq ON subject_refs (seq);
-CREATE TABLE index_mark (
+CREATE TABLE IF NOT EXISTS subject_mark (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// The schema name under which readers attach the index.
-pub const SCHEMA_NAME: &str = "idx";
+pub const SCHEMA_NAME: &str = "subj";
 
-/// The index file of the log at `log`: `audit.db` → `audit-index.db`.
+/// The index file of the log at `log`: `audit.db` → `audit-subjects.db`.
 pub fn path_of(log: &Path) -> PathBuf {
-    sibling(log, "index")
-}
-
-/// `audit.db` → `audit-{suffix}.db`.
-fn sibling(log: &Path, suffix: &str) -> PathBuf {
     let stem = log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "audit".into());
-    log.with_file_name(format!("{stem}-{suffix}.db"))
+    log.with_file_name(format!("{stem}-subjects.db"))
 }
 
-/// A committed batch of the chain: its records, and the last one's seq and hash.
+/// What one committed batch of the chain names: the last record's seq and
+/// hash, and the subjects of each record that names any.
 #[derive(Debug)]
 pub struct Committed {
     pub through: u64,
     pub hash: String,
-    pub records: Vec<Record>,
-}
-
-/// The rows a record adds to the index: its own, its references (kind,
-/// value) and the keys of its subjects.
-fn rows_of(record: &Record) -> (IndexRow, BTreeSet<(&'static str, String)>, BTreeSet<i64>) {
-    (IndexRow::of(record), refs_of(record), subjects_of(record).into_iter().map(key_of).collect())
+    pub refs: Vec<(u64, Vec<String>)>,
 }
 
 fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
@@ -154,44 +119,31 @@ fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
 /// Opens (creating if absent) the index of the log at `log` for writing.
 /// WAL with `synchronous=NORMAL`: a power cut may lose the last flushes,
 /// never consistency, and what is lost is caught up from the log at start.
-/// Removes the subject index earlier versions kept (`audit-subjects.db`),
-/// which this file replaces.
 pub fn open_writer(log: &Path) -> Result<Connection, AuditError> {
     let path = path_of(log);
     let err = open_error(&path);
-    let old = sibling(log, "subjects");
-    for file in [old.clone(), wal_file(&old, "-wal"), wal_file(&old, "-shm")] {
-        match std::fs::remove_file(&file) {
-            Ok(()) => tracing::info!(path = %file.display(), "removed the subject index of an earlier version"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(AuditError::Open { path: file, reason: e.to_string() }),
-        }
-    }
     let mut conn = Connection::open(&path).map_err(&err)?;
     conn.busy_timeout(schema::BUSY_TIMEOUT).map_err(&err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(&err)?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
-    // A flush inserts thousands of subjects at random places of the open generation.
+    // A flush inserts thousands of subjects at random places of the B-tree.
     conn.pragma_update(None, "cache_size", -INDEX_CACHE_KIB).map_err(&err)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(&err)?;
     match version {
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(&err)?;
-            tx.execute("INSERT INTO index_mark (one, seq, hash) VALUES (1, 0, ?1)", [GENESIS]).map_err(&err)?;
+        0 | 1 => {
+            // Version 1's references are dropped; the indexer rebuilds them
+            // from the log (the mark goes back to the genesis).
+            tx.execute_batch("DROP TABLE IF EXISTS subject_refs").map_err(&err)?;
+            tx.execute_batch(SCHEMA).map_err(&err)?;
+            tx.execute("INSERT OR REPLACE INTO subject_mark (one, seq, hash) VALUES (1, 0, ?1)", [GENESIS])
+                .map_err(&err)?;
         }
         VERSION => {}
         found => return Err(AuditError::Schema { path: path.clone(), found, known: VERSION }),
     }
     tx.commit().map_err(&err)?;
     Ok(conn)
-}
-
-/// `file` with `suffix` appended to its name (`x.db` → `x.db-wal`).
-fn wal_file(file: &Path, suffix: &str) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// Attaches the index of the log at `log` to a read connection of the log as
@@ -232,7 +184,7 @@ pub fn attached(conn: &Connection) -> bool {
 
 /// The mark of an attached index: the last record it covers.
 pub fn mark(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row(&format!("SELECT seq FROM {SCHEMA_NAME}.index_mark"), [], |r| r.get(0))
+    conn.query_row(&format!("SELECT seq FROM {SCHEMA_NAME}.subject_mark"), [], |r| r.get(0))
         .optional()
         .map(Option::unwrap_or_default)
 }
@@ -301,17 +253,16 @@ impl Indexer {
     /// Logs a failure once (not again while the index stays behind).
     fn failed(&mut self, error: &dyn std::fmt::Display) {
         if self.behind {
-            tracing::debug!(path = %path_of(&self.log).display(), %error, "the audit index is still behind");
+            tracing::debug!(path = %path_of(&self.log).display(), %error, "the audit subject index is still behind");
         } else {
-            tracing::error!(path = %path_of(&self.log).display(), %error, "the audit index cannot be written");
+            tracing::error!(path = %path_of(&self.log).display(), %error, "the audit subject index cannot be written");
         }
         self.behind = true;
     }
 
     /// Runs until the chain writer is gone, writing what it handed over.
     pub fn run(mut self, updates: mpsc::Receiver<Committed>) {
-        let mut pending: Vec<Record> = Vec::new();
-        let mut weight = 0;
+        let mut pending: Vec<(String, u64)> = Vec::new();
         let mut last_checkpoint = Instant::now();
         loop {
             if self.behind {
@@ -339,15 +290,14 @@ impl Indexer {
             let mut through: Option<(u64, String)> = None;
             while let Some(update) = next.take() {
                 if update.through > self.mark {
-                    for record in update.records {
-                        if record.seq > self.mark {
-                            weight += 1 + record.datasets.len() + record.subjects.len();
-                            pending.push(record);
+                    for (seq, subjects) in update.refs {
+                        if seq > self.mark {
+                            pending.extend(subjects.into_iter().map(|s| (s, seq)));
                         }
                     }
                     through = Some((update.through, update.hash));
                 }
-                if weight >= MAX_PENDING {
+                if pending.len() >= MAX_PENDING {
                     break;
                 }
                 if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -366,7 +316,6 @@ impl Indexer {
                 self.failed(&e);
             }
             pending.clear();
-            weight = 0;
             self.checkpoint_log();
             last_checkpoint = Instant::now();
             if disconnected {
@@ -378,49 +327,23 @@ impl Indexer {
         {
             self.failed(&e);
         }
-        tracing::debug!(path = %path_of(&self.log).display(), "the audit indexer stopped");
+        tracing::debug!(path = %path_of(&self.log).display(), "the audit subject indexer stopped");
     }
 
-    /// Writes the index rows of `records` (in seq order) and moves the mark
-    /// to record `seq` with `hash`, in one transaction.
-    fn write(&mut self, records: &[Record], seq: u64, hash: &str) -> rusqlite::Result<()> {
-        let mut refs: Vec<(&'static str, String, u64)> = Vec::new();
-        let mut keys: Vec<(i64, u64)> = Vec::new();
+    /// Writes `refs` and moves the mark to record `seq` with `hash`, in one transaction.
+    fn write(&mut self, refs: &[(String, u64)], seq: u64, hash: &str) -> rusqlite::Result<()> {
+        // Sorted, the inserts walk the open generation once from left to right.
+        let mut keys: Vec<(i64, u64)> = refs.iter().map(|(value, s)| (key_of(value), *s)).collect();
+        keys.sort_unstable();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut inserted = 0;
         {
-            let mut index = tx.prepare_cached(
-                "INSERT OR REPLACE INTO audit_index (seq, at, principal, department, action, outcome, rows) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for record in records {
-                let (row, record_refs, record_keys) = rows_of(record);
-                index.execute(params![
-                    record.seq,
-                    row.at,
-                    row.principal,
-                    row.department,
-                    row.action,
-                    row.outcome,
-                    row.rows
-                ])?;
-                refs.extend(record_refs.into_iter().map(|(kind, value)| (kind, value, record.seq)));
-                keys.extend(record_keys.into_iter().map(|key| (key, record.seq)));
-            }
-            // Sorted, the inserts walk each B-tree once from left to right.
-            refs.sort_unstable();
-            keys.sort_unstable();
-            let mut insert =
-                tx.prepare_cached("INSERT OR IGNORE INTO audit_refs (kind, value, seq) VALUES (?1, ?2, ?3)")?;
-            for (kind, value, s) in &refs {
-                insert.execute(params![kind, value, s])?;
-            }
             let mut insert =
                 tx.prepare_cached("INSERT OR IGNORE INTO subject_refs (gen, key, seq) VALUES (?1, ?2, ?3)")?;
             for (key, s) in &keys {
                 inserted += insert.execute(params![self.generation, key, s])? as u64;
             }
-            tx.execute("UPDATE index_mark SET seq = ?1, hash = ?2", params![seq, hash])?;
+            tx.execute("UPDATE subject_mark SET seq = ?1, hash = ?2", params![seq, hash])?;
         }
         tx.commit()?;
         self.mark = seq;
@@ -443,7 +366,7 @@ impl Indexer {
             |e: rusqlite::Error| AuditError::Unavailable { path: index_path.clone(), reason: e.to_string() };
         let (mut mark, hash): (u64, String) = self
             .conn
-            .query_row("SELECT seq, hash FROM index_mark", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT seq, hash FROM subject_mark", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(index_error)?;
         let at_mark: Option<String> = if mark == 0 {
             Some(GENESIS.to_string())
@@ -454,12 +377,11 @@ impl Indexer {
             tracing::warn!(
                 path = %index_path.display(),
                 mark,
-                "the audit index does not match the log; rebuilding it"
+                "the audit subject index does not match the log; rebuilding it"
             );
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(index_error)?;
-            tx.execute_batch("DELETE FROM audit_index; DELETE FROM audit_refs; DELETE FROM subject_refs")
-                .map_err(index_error)?;
-            tx.execute("UPDATE index_mark SET seq = 0, hash = ?1", [GENESIS]).map_err(index_error)?;
+            tx.execute_batch("DELETE FROM subject_refs").map_err(index_error)?;
+            tx.execute("UPDATE subject_mark SET seq = 0, hash = ?1", [GENESIS]).map_err(index_error)?;
             tx.commit().map_err(index_error)?;
             mark = 0;
         }
@@ -472,30 +394,28 @@ impl Indexer {
             .prepare("SELECT seq, record, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(read)?;
         while self.mark < head {
-            let mut records = Vec::new();
+            let mut refs = Vec::new();
             let mut last: Option<(u64, String)> = None;
             let mut rows = stmt.query(params![self.mark, CATCH_UP_STEP]).map_err(read)?;
             while let Some(row) = rows.next().map_err(read)? {
                 let seq: u64 = row.get(0).map_err(read)?;
                 let json: String = row.get(1).map_err(read)?;
                 // A record that does not decode is the verifier's to report;
-                // the index has no rows for it.
-                if let Ok(mut record) = serde_json::from_str::<Record>(&json) {
-                    // The position is the log's, whatever the record says.
-                    record.seq = seq;
-                    records.push(record);
+                // it names no subject the index could hold.
+                if let Ok(record) = serde_json::from_str::<Record>(&json) {
+                    refs.extend(subjects_of(&record).into_iter().map(|s| (s.to_string(), seq)));
                 }
                 last = Some((seq, row.get(2).map_err(read)?));
             }
             let Some((seq, hash)) = last else { break };
-            self.write(&records, seq, &hash).map_err(index_error)?;
+            self.write(&refs, seq, &hash).map_err(index_error)?;
             if reported.elapsed() > Duration::from_secs(5) {
-                tracing::info!(done = seq, of = head, "rebuilding the audit index");
+                tracing::info!(done = seq, of = head, "rebuilding the audit subject index");
                 reported = Instant::now();
             }
         }
         if started.elapsed() > Duration::from_secs(5) {
-            tracing::info!(records = head, secs = started.elapsed().as_secs(), "the audit index caught up");
+            tracing::info!(records = head, secs = started.elapsed().as_secs(), "the audit subject index caught up");
         }
         self.behind = false;
         Ok(())
