@@ -39,17 +39,15 @@ SOURCES = {
 # measurements so far have shown (docs/performance.md has the history).
 BEHIND = {
     ("lookup", "p99"): (
-        "Two causes. The body of the distribution is CPU: on tmpfs, with no disk at all, the same server had "
-        "a p99 of 5.4 to 6.4 ms at 13,000 to 15,600 lookups/s (2026-12-04), its two workers, the audit writer "
-        "(about 40% of a core) and the subject indexer sharing two cores with the load generator. The far "
-        "tail is the disk: every request in flight waits for the audit commit's fdatasync, 0.2 ms at the "
-        "median but 14 to 27 ms a few times in 4 s, and for the writer's checkpoint at the end of each WAL "
-        "cycle (1 to 5 ms, about twice a second). The audit writes about 18 KB of pages per lookup, and the "
-        "subject index's share grows with the log, so each 60 s run is slower than the one before.",
-        "Fewer pages written per audited request: fewer B-trees per commit (the four indexes of the audit "
-        "index table), and a subject index that appends sorted runs and merges them in the background "
-        "instead of inserting at random places; then less CPU per request (a single key answered without "
-        "building a RecordBatch).",
+        "The body of the distribution is CPU. At 19,000 to 20,000 lookups/s the two tokio workers, the audit "
+        "writer and the subject indexer share two cores with the load generator's two threads; with 32 "
+        "connections in a closed loop the mean latency is 32 divided by the rate, about 1.6 ms, and the p99 "
+        "is three to four times that. Every request in flight also waits for the audit commit's fdatasync. "
+        "The subject index no longer grows the tail run after run (2026-12-05: it is written in generations "
+        "that stay in the page cache; before, the p99 rose from about 7 to 15 ms over the five runs).",
+        "Less CPU per audited request: each commit writes a leaf of nine B-trees (moving the index rows behind "
+        "the chain was tried and lengthened the tail, docs/performance.md); a single key answered without "
+        "building a RecordBatch; fewer allocations per request.",
     ),
     ("lookup", "throughput"): (
         "On two cores the server's workers, the audit writer, its subject indexer and the load generator "
