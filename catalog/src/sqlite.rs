@@ -179,19 +179,17 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Whether what the point caches hold may still be served.
+    freshness: Freshness,
     /// Datasets by id, and credentials by token hash, as last read.
     datasets: PointCache<String, Dataset>,
     credentials: PointCache<TokenHash, (Principal, TokenInfo)>,
 }
 
-/// The results of point reads, each valid while the database is unchanged:
-/// an entry keeps the reader connection it was read on and that
-/// connection's `PRAGMA data_version` at the time, which moves with every
-/// commit by any other connection, of this process or another. Any write
-/// to the database therefore retires every entry; a hit costs one pragma on
-/// the same connection instead of a read and a JSON decode.
+/// The results of point reads, each kept with the [`Freshness`] epoch it
+/// was read under and valid while the epoch has not moved.
 struct PointCache<K, V> {
-    entries: Mutex<std::collections::HashMap<K, (usize, i64, V)>>,
+    entries: Mutex<std::collections::HashMap<K, (u64, V)>>,
 }
 
 /// Entries a cache holds before it starts again.
@@ -202,36 +200,68 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> PointCache<K, V> {
         Self { entries: Mutex::new(std::collections::HashMap::new()) }
     }
 
-    fn get(&self, key: &K, reader: usize, version: i64) -> Option<V> {
+    fn get(&self, key: &K, epoch: u64) -> Option<V> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(r, v, _)| *r == reader && *v == version).map(|(_, _, value)| value.clone())
+        entries.get(key).filter(|(e, _)| *e == epoch).map(|(_, value)| value.clone())
     }
 
-    /// `f` on reader `i`, or what it answered before if the database has not changed since.
-    fn read(
-        &self,
-        conn: &Connection,
-        i: usize,
-        key: K,
-        f: impl FnOnce(&Connection) -> Result<Option<V>>,
-    ) -> Result<Option<V>> {
-        let version = data_version(conn)?;
-        if let Some(hit) = self.get(&key, i, version) {
-            return Ok(Some(hit));
-        }
-        let found = f(conn)?;
-        if let Some(value) = &found {
-            self.put(key, i, version, value.clone());
-        }
-        Ok(found)
-    }
-
-    fn put(&self, key: K, reader: usize, version: i64, value: V) {
+    fn put(&self, key: K, epoch: u64, value: V) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= POINT_CACHE_CAP {
             entries.clear();
         }
-        entries.insert(key, (reader, version, value));
+        entries.insert(key, (epoch, value));
+    }
+}
+
+/// How often, at most, the readers' `PRAGMA data_version` is looked at for
+/// commits made by another process. Writes through the store itself retire
+/// cached point reads at once; another process's within this time.
+pub const EXTERNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When cached point reads stop being valid: an epoch that every write
+/// through the store moves before its caller is answered, and that moves
+/// when a reader's `PRAGMA data_version` (which any other connection's
+/// commit changes) shows a commit since that reader was last looked at. A
+/// hit therefore costs no read transaction: opening one took several
+/// `fcntl` lock calls per point read.
+struct Freshness {
+    epoch: std::sync::atomic::AtomicU64,
+    /// When `data_version` was last looked at, and what each reader said then.
+    checked: Mutex<(std::time::Instant, Vec<i64>)>,
+}
+
+impl Freshness {
+    fn new(readers: &[Mutex<Connection>]) -> Result<Self> {
+        let versions = readers.iter().map(|r| lock(r).and_then(|c| data_version(&c))).collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            checked: Mutex::new((std::time::Instant::now(), versions)),
+        })
+    }
+
+    /// The current epoch, after looking for another process's commits when
+    /// the last look is older than [`EXTERNAL_CHECK`] and a reader is free.
+    fn epoch(&self, readers: &[Mutex<Connection>]) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        let due = self.checked.lock().unwrap_or_else(|e| e.into_inner()).0.elapsed() >= EXTERNAL_CHECK;
+        if due && let Some((i, conn)) = readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c)))
+        {
+            let version = data_version(&conn)?;
+            drop(conn);
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            if checked.1[i] != version {
+                checked.1[i] = version;
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            checked.0 = std::time::Instant::now();
+        }
+        Ok(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// A write through the store has ended (committed or not).
+    fn wrote(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -265,11 +295,13 @@ impl SqliteStore {
             configure(&r)?;
             readers.push(Mutex::new(r));
         }
+        let freshness = Freshness::new(&readers)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Mutex::new(writer),
                 readers,
+                freshness,
                 datasets: PointCache::new(),
                 credentials: PointCache::new(),
             }),
@@ -294,27 +326,36 @@ impl SqliteStore {
         .await
     }
 
-    /// A point read by primary key, answered from `cache` while the database
-    /// is unchanged (only `Some` answers are kept). On the calling thread
-    /// when a reader connection is free (a few microseconds in WAL mode,
-    /// where readers never wait for the writer), else on a blocking thread
-    /// like any read.
+    /// A point read by primary key, answered from `cache` while no write has
+    /// been seen since it was read ([`Freshness`]; only `Some` answers are
+    /// kept). A miss reads on the calling thread when a reader connection
+    /// is free (a few microseconds in WAL mode, where readers never wait for
+    /// the writer), else on a blocking thread like any read.
     async fn read_point_cached<K, V, F>(&self, cache: &PointCache<K, V>, key: K, f: F) -> Result<Option<V>>
     where
         K: std::hash::Hash + Eq + Clone + Send + 'static,
         V: Clone + Send + 'static,
         F: FnOnce(&Connection) -> Result<Option<V>> + Send + 'static,
     {
+        // Taken before the read: a write that ends meanwhile retires what it finds.
+        let epoch = self.inner.freshness.epoch(&self.inner.readers)?;
+        if let Some(hit) = cache.get(&key, epoch) {
+            return Ok(Some(hit));
+        }
         // The guard must not live across the await below, so the inline
         // read is decided and done first; `f` comes back when no reader is free.
-        let inline = match self.inner.readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c))) {
-            Some((i, conn)) => Ok(cache.read(&conn, i, key, f)),
+        let inline = match self.inner.readers.iter().find_map(|r| r.try_lock().ok()) {
+            Some(conn) => Ok(f(&conn)),
             None => Err(f),
         };
-        match inline {
-            Ok(answer) => answer,
-            Err(f) => self.read(f).await,
+        let found = match inline {
+            Ok(answer) => answer?,
+            Err(f) => self.read(f).await?,
+        };
+        if let Some(value) = &found {
+            cache.put(key, epoch, value.clone());
         }
+        Ok(found)
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T>
@@ -325,10 +366,15 @@ impl SqliteStore {
         let inner = self.inner.clone();
         blocking(move || {
             let mut conn = lock(&inner.writer)?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
+            let written = (|| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            // Before the caller hears of it: cached point reads may predate it.
+            inner.freshness.wrote();
+            written
         })
         .await
     }
@@ -1421,7 +1467,8 @@ mod tests {
         d.title = "人口信息".into();
         store.update_dataset(d).await.expect("update");
         assert_eq!(title(store.clone()).await, "人口信息");
-        // So is a write by another connection, as another process would make it.
+        // A write by another connection, as another process would make it,
+        // is seen within EXTERNAL_CHECK.
         let other = Connection::open(&path).expect("other");
         other
             .execute(
@@ -1429,8 +1476,43 @@ mod tests {
                 [],
             )
             .expect("write");
+        let settle = EXTERNAL_CHECK + std::time::Duration::from_millis(20);
+        tokio::time::sleep(settle).await;
+        assert_eq!(title(store.clone()).await, "另一进程");
         assert_eq!(title(store.clone()).await, "另一进程");
         other.execute("DELETE FROM datasets WHERE id = 'gongan.population'", []).expect("delete");
+        tokio::time::sleep(settle).await;
         assert!(matches!(store.dataset("gongan.population").await, Err(Error::NotFound { .. })));
+        // Credentials likewise: a token revoked by another process stops
+        // authenticating, and one revoked through the store at once.
+        let service = Principal {
+            id: "s_benefits".into(),
+            name: "待遇系统".into(),
+            department: Some("gongan".into()),
+            kind: PrincipalKind::Service,
+            roles: vec![Role::Service],
+            disabled: false,
+            created_at: Utc::now(),
+        };
+        let token = |id: &str, hash: u8| NewToken {
+            id: id.into(),
+            principal: service.id.clone(),
+            hash: [hash; 32],
+            expires_at: None,
+            certificate: None,
+        };
+        store.create_principal(service.clone(), token("t_1", 1)).await.expect("principal");
+        store.create_token(token("t_2", 2)).await.expect("token");
+        let revoked = |store: SqliteStore, hash: u8| async move {
+            let (_, info) = store.authenticate([hash; 32]).await.expect("read").expect("known");
+            info.revoked_at.is_some()
+        };
+        assert!(!revoked(store.clone(), 1).await);
+        assert!(!revoked(store.clone(), 2).await);
+        store.revoke_token("t_1").await.expect("revoke");
+        assert!(revoked(store.clone(), 1).await);
+        other.execute("UPDATE tokens SET revoked_at = '2026-12-05T00:00:00Z' WHERE id = 't_2'", []).expect("revoke");
+        tokio::time::sleep(settle).await;
+        assert!(revoked(store.clone(), 2).await);
     }
 }
