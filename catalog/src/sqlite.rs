@@ -8,7 +8,9 @@
 //! [`crate::search`]) is maintained in the same transaction as the dataset.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -217,51 +219,60 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> PointCache<K, V> {
 /// How often, at most, the readers' `PRAGMA data_version` is looked at for
 /// commits made by another process. Writes through the store itself retire
 /// cached point reads at once; another process's within this time.
-pub const EXTERNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+const EXTERNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// When cached point reads stop being valid: an epoch that every write
 /// through the store moves before its caller is answered, and that moves
 /// when a reader's `PRAGMA data_version` (which any other connection's
 /// commit changes) shows a commit since that reader was last looked at. A
-/// hit therefore costs no read transaction: opening one took several
-/// `fcntl` lock calls per point read.
+/// hit therefore costs no read transaction (opening one took several
+/// `fcntl` lock calls) and no lock but the cache's own.
 struct Freshness {
-    epoch: std::sync::atomic::AtomicU64,
-    /// When `data_version` was last looked at, and what each reader said then.
-    checked: Mutex<(std::time::Instant, Vec<i64>)>,
+    epoch: AtomicU64,
+    started: Instant,
+    /// When `data_version` was last looked at, in milliseconds since `started`.
+    checked_at: AtomicU64,
+    /// What each reader said then.
+    versions: Mutex<Vec<i64>>,
 }
 
 impl Freshness {
     fn new(readers: &[Mutex<Connection>]) -> Result<Self> {
         let versions = readers.iter().map(|r| lock(r).and_then(|c| data_version(&c))).collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            epoch: std::sync::atomic::AtomicU64::new(0),
-            checked: Mutex::new((std::time::Instant::now(), versions)),
+            epoch: AtomicU64::new(0),
+            started: Instant::now(),
+            checked_at: AtomicU64::new(0),
+            versions: Mutex::new(versions),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// The current epoch, after looking for another process's commits when
     /// the last look is older than [`EXTERNAL_CHECK`] and a reader is free.
     fn epoch(&self, readers: &[Mutex<Connection>]) -> Result<u64> {
-        use std::sync::atomic::Ordering;
-        let due = self.checked.lock().unwrap_or_else(|e| e.into_inner()).0.elapsed() >= EXTERNAL_CHECK;
+        let due =
+            self.now_ms().saturating_sub(self.checked_at.load(Ordering::Relaxed)) >= EXTERNAL_CHECK.as_millis() as u64;
         if due && let Some((i, conn)) = readers.iter().enumerate().find_map(|(i, r)| r.try_lock().ok().map(|c| (i, c)))
         {
             let version = data_version(&conn)?;
             drop(conn);
-            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
-            if checked.1[i] != version {
-                checked.1[i] = version;
+            let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+            if versions[i] != version {
+                versions[i] = version;
                 self.epoch.fetch_add(1, Ordering::AcqRel);
             }
-            checked.0 = std::time::Instant::now();
+            self.checked_at.store(self.now_ms(), Ordering::Relaxed);
         }
         Ok(self.epoch.load(Ordering::Acquire))
     }
 
     /// A write through the store has ended (committed or not).
     fn wrote(&self) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 
