@@ -279,7 +279,8 @@ impl Cursor {
             }
         };
         let want = PAGE.min(self.remaining);
-        let sql = select_records(&Filter::default(), &self.scope, self.after, Some(self.upto), want, false);
+        let sql = select_records(&conn, &Filter::default(), &self.scope, self.after, Some(self.upto), want, false)
+            .map_err(|e| external(self.reader.read_error(e)))?;
         let records = self.reader.records(&conn, &sql).map_err(external)?;
         self.conn = Some(conn);
         let Some((last, _)) = records.last() else { return Ok(None) };

@@ -875,7 +875,7 @@ async fn a_log_of_schema_1_is_upgraded() {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     let in_refs: u64 =
         conn.query_row("SELECT count(*) FROM audit_refs WHERE kind = 'subject'", [], |r| r.get(0)).unwrap();
-    assert_eq!((version, in_refs), (2, 0));
+    assert_eq!((version, in_refs), (schema::VERSION, 0));
     assert!(verify(&f, None).ok);
 }
 
@@ -965,4 +965,72 @@ async fn a_subject_index_of_version_1_is_rebuilt() {
     let reader = read::Reader::new(f.path.clone());
     assert_eq!(seqs(&reader.list(&filter, &Scope::All, 10, None).unwrap()), vec![2, 3]);
     assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn a_log_of_schema_2_loses_its_time_and_seq_indexes() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 3).await;
+    log.close();
+    let conn = rw(&f.path);
+    conn.execute_batch(
+        "CREATE INDEX audit_index_at ON audit_index (at);
+         CREATE INDEX audit_refs_seq ON audit_refs (seq);
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    lookups(&log, 2).await;
+    log.close();
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(version, 3);
+    assert_eq!(indexes, ["audit_index_action", "audit_index_department", "audit_index_principal"]);
+    assert!(verify(&f, None).ok);
+}
+
+#[tokio::test]
+async fn time_windows_are_found_by_seq() {
+    let f = fixture();
+    let log = AuditLog::open(&f.path, &f.secret).unwrap();
+    // Batches of 1 to 5 records: records of one commit share its time.
+    for n in 1..=12u64 {
+        let appends = (0..n % 5 + 1).map(|_| log.append(record("query", "svc", "renshe", &["gongan.population"])));
+        for seq in futures::future::join_all(appends).await {
+            seq.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all = log.list(&Filter::default(), &Scope::All, 1000, None).await.unwrap();
+    log.close();
+    let times: BTreeSet<String> = all.iter().map(|r| format_time(&r.time)).collect();
+    assert!(times.len() >= 12, "{} distinct times", times.len());
+    let conn = schema::open_reader(&f.path).unwrap();
+    let mut probes: Vec<String> = times.iter().cloned().collect();
+    probes.extend(["0000".to_string(), "9999".to_string()]);
+    probes.extend(times.iter().map(|t| format!("{t} ")));
+    for t in &probes {
+        // The first record not older than t, or one past the last.
+        let want = all
+            .iter()
+            .find(|r| format_time(&r.time).as_str() >= t.as_str())
+            .map_or(all.len() as i64 + 1, |r| r.seq as i64);
+        assert_eq!(read::first_seq_from(&conn, t).unwrap(), want, "{t}");
+    }
+    // The same windows through the reader, against a filter of every record.
+    let reader = read::Reader::new(f.path.clone());
+    for (a, b) in [(0, 5), (3, 3), (4, 20), (1, 2)] {
+        let (from, to) = (all[a].time, all[b.min(all.len() - 1)].time);
+        let filter = Filter { from: Some(from), to: Some(to), ..Filter::default() };
+        let got = seqs(&reader.list(&filter, &Scope::All, 1000, None).unwrap());
+        let want: Vec<u64> = all.iter().filter(|r| r.time >= from && r.time < to).map(|r| r.seq).collect();
+        assert_eq!(got, want, "[{from}, {to})");
+    }
 }
