@@ -439,7 +439,39 @@ fn read_sidecar(path: &Path) -> Option<FileKeys> {
     let rows =
         RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect()).ok()?;
     let buckets = Buckets::new(&hashes)?;
+    read_ahead(path, &file, directory);
     Some(FileKeys { sidecar: path.to_path_buf(), file, schema, rows, hashes, offsets, lengths, buckets })
+}
+
+/// Asks the kernel to read the first `len` bytes of a sidecar (its rows)
+/// into the page cache, in the background. Lookups read rows at random: on
+/// a cold cache each one waits for the disk, and those reads queue with the
+/// audit log's syncs, which every lookup also waits for (at 10 M people a
+/// sync took 311 ms while they ran; see `docs/performance.md`). Read ahead
+/// once, the rows are then served from memory for as long as the kernel
+/// keeps them. A hint only: nothing fails if it is not taken.
+fn read_ahead(path: &Path, file: &File, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(file) = file.try_clone() else { return };
+        let sidecar = path.to_path_buf();
+        let spawned = std::thread::Builder::new().name("gdx-index-readahead".into()).spawn(move || {
+            // The kernel reads no more than its read-ahead window per call.
+            const CHUNK: u64 = 2 << 20;
+            for at in (0..len).step_by(CHUNK as usize) {
+                let chunk = std::num::NonZeroU64::new(CHUNK.min(len - at));
+                if let Err(e) = rustix::fs::fadvise(&file, at, chunk, rustix::fs::Advice::WillNeed) {
+                    tracing::debug!(sidecar = %sidecar.display(), error = %e, "record index read-ahead not taken");
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::debug!(sidecar = %path.display(), error = %e, "record index read-ahead not started");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (path, file, len);
 }
 
 /// Writes the sidecar of a data file: every row in Arrow's row format, then
