@@ -149,6 +149,7 @@ pub struct App {
     maintenance: Option<JoinHandle<()>>,
     watcher: JoinHandle<()>,
     push: Vec<JoinHandle<()>>,
+    warm: JoinHandle<()>,
     audit: crate::audit::AuditLog,
     tls: Option<Arc<crate::tls::Reloader>>,
     reload: Option<JoinHandle<()>>,
@@ -290,6 +291,7 @@ impl App {
                 std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
             )
         });
+        let warm = crate::ingest::warm_record_index(catalog.clone(), lake.clone(), records.clone());
         let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
             .map_err(|e| Error::Config { message: e.to_string() })?;
         let state = AppState::new(crate::state::Shared {
@@ -336,6 +338,7 @@ impl App {
             watcher,
             reload,
             push,
+            warm,
             audit,
             _lock: lock,
         })
@@ -373,6 +376,7 @@ impl App {
             m.abort();
         }
         self.watcher.abort();
+        self.warm.abort();
         if let Some(r) = self.reload.take() {
             r.abort();
         }

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::compute::CastOptions;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -44,7 +44,7 @@ use crate::model::{ColumnType, Dataset};
 /// Keys a lookup answers on the calling thread; more go to a blocking thread.
 const INLINE_KEYS: usize = 16;
 /// Versions whose file lists are kept in memory.
-const CACHED_VERSIONS: usize = 64;
+const CACHED_VERSIONS: usize = RecordIndex::KEPT_VERSIONS;
 const MAGIC: &[u8; 8] = b"GDXKEYS2";
 
 /// Why a lookup failed.
@@ -177,15 +177,73 @@ pub struct RecordIndex {
     /// One builder of a dataset's missing sidecars at a time: a lookup that
     /// arrives while the commit's index is being built waits for it.
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How each dataset's rows read back, by dataset id ([`Layout`]).
+    layouts: Mutex<HashMap<String, Arc<Layout>>>,
+}
+
+/// How a dataset's rows read back: its schema (every column nullable, as
+/// in the sidecars), its key columns and their row encoder. Built once per
+/// dataset and kept while its columns and key stay the same, so that a
+/// lookup allocates none of them.
+#[derive(Debug)]
+struct Layout {
+    columns: Vec<(String, ColumnType)>,
+    primary_key: Vec<String>,
+    schema: SchemaRef,
+    keys: Vec<(String, DataType)>,
+    encoder: RowConverter,
+}
+
+impl Layout {
+    fn of(dataset: &Dataset) -> Result<Self, arrow::error::ArrowError> {
+        let keys = key_fields(dataset);
+        Ok(Self {
+            columns: dataset.columns.iter().map(|c| (c.name.clone(), c.column_type)).collect(),
+            primary_key: dataset.primary_key.clone(),
+            schema: nullable(&dataset.arrow_schema()),
+            encoder: RowConverter::new(keys.iter().map(|(_, t)| SortField::new(t.clone())).collect())?,
+            keys,
+        })
+    }
+
+    /// Whether `dataset` still has the columns and key this was built from.
+    fn fits(&self, dataset: &Dataset) -> bool {
+        self.primary_key == dataset.primary_key
+            && self.columns.len() == dataset.columns.len()
+            && self.columns.iter().zip(&dataset.columns).all(|((n, t), c)| *n == c.name && *t == c.column_type)
+    }
 }
 
 /// A dataset id and a Delta version.
 type VersionKey = (String, u64);
 
 impl RecordIndex {
+    /// Versions (of any datasets) whose file lists and key directories are
+    /// kept in memory; older ones are loaded again when asked for.
+    pub const KEPT_VERSIONS: usize = 64;
+
     /// The index kept under `root` (`<data-dir>/index`).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), files: Mutex::default(), versions: Mutex::default(), building: Mutex::default() }
+        Self {
+            root: root.into(),
+            files: Mutex::default(),
+            versions: Mutex::default(),
+            building: Mutex::default(),
+            layouts: Mutex::default(),
+        }
+    }
+
+    fn layout(&self, dataset: &Dataset) -> Result<Arc<Layout>, LookupError> {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = layouts.get(&dataset.id).filter(|l| l.fits(dataset)) {
+            return Ok(l.clone());
+        }
+        let layout = Arc::new(
+            Layout::of(dataset)
+                .map_err(|e| LookupError::Index { path: self.folder(dataset), message: e.to_string() })?,
+        );
+        layouts.insert(dataset.id.clone(), layout.clone());
+        Ok(layout)
     }
 
     fn folder(&self, dataset: &Dataset) -> PathBuf {
@@ -287,16 +345,16 @@ impl RecordIndex {
         delta_version: u64,
         keys: Vec<Vec<String>>,
     ) -> Result<Found, LookupError> {
-        let wanted = parse_keys(dataset, &keys)?;
+        let layout = self.layout(dataset)?;
+        let wanted = typed_keys(&layout.keys, &keys)?;
         let snapshot = self.snapshot(lake, dataset, delta_version).await?;
         // A few positioned reads of a file the page cache holds and their
         // decoding: cheaper inline than a hand-off to a blocking thread. A
         // large batch goes to one.
         if keys.len() <= INLINE_KEYS {
-            return find(dataset, &snapshot, &wanted, keys.len());
+            return find(&layout, &snapshot, &wanted, keys.len());
         }
-        let dataset = dataset.clone();
-        tokio::task::spawn_blocking(move || find(&dataset, &snapshot, &wanted, keys.len()))
+        tokio::task::spawn_blocking(move || find(&layout, &snapshot, &wanted, keys.len()))
             .await
             .map_err(|e| LookupError::Index { path: PathBuf::new(), message: e.to_string() })?
     }
@@ -313,19 +371,15 @@ fn data_path_of(sidecar: &str) -> Option<String> {
 }
 
 /// The key columns of a dataset as Arrow sort fields.
-fn key_fields(dataset: &Dataset) -> Vec<(String, arrow::datatypes::DataType)> {
+fn key_fields(dataset: &Dataset) -> Vec<(String, DataType)> {
     dataset
         .primary_key
         .iter()
         .map(|k| {
-            let t = dataset.column(k).map(|c| c.column_type.arrow_type()).unwrap_or(arrow::datatypes::DataType::Utf8);
+            let t = dataset.column(k).map(|c| c.column_type.arrow_type()).unwrap_or(DataType::Utf8);
             (k.clone(), t)
         })
         .collect()
-}
-
-fn converter(dataset: &Dataset) -> Result<RowConverter, arrow::error::ArrowError> {
-    RowConverter::new(key_fields(dataset).into_iter().map(|(_, t)| SortField::new(t)).collect())
 }
 
 fn hash(row: &[u8]) -> u64 {
@@ -334,7 +388,10 @@ fn hash(row: &[u8]) -> u64 {
 
 /// Key values typed as their columns: one array per key column.
 pub fn parse_keys(dataset: &Dataset, keys: &[Vec<String>]) -> Result<Vec<ArrayRef>, LookupError> {
-    let fields = key_fields(dataset);
+    typed_keys(&key_fields(dataset), keys)
+}
+
+fn typed_keys(fields: &[(String, DataType)], keys: &[Vec<String>]) -> Result<Vec<ArrayRef>, LookupError> {
     let options = CastOptions { safe: false, ..CastOptions::default() };
     fields
         .iter()
@@ -485,19 +542,17 @@ fn build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<(), LookupErr
         .with_batch_size(16 * 1024)
         .build()
         .map_err(|e| err(&e))?;
-    let columns: Vec<(String, ColumnType)> = dataset.columns.iter().map(|c| (c.name.clone(), c.column_type)).collect();
-    let schema = nullable(&dataset.arrow_schema());
+    let layout = Layout::of(dataset).map_err(|e| err(&e))?;
     let rows_converter =
-        RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
+        RowConverter::new(layout.schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
             .map_err(|e| err(&e))?;
-    let key_converter = converter(dataset).map_err(|e| err(&e))?;
-    let fields = key_fields(dataset);
     let out_err = index_err(sidecar);
     if let Some(dir) = sidecar.parent() {
         std::fs::create_dir_all(dir).map_err(|e| out_err(&e))?;
     }
     let tmp = sidecar.with_extension(format!("keys.tmp{}", std::process::id()));
-    let header = serde_json::to_vec(&Header { arrow: arrow_release(), columns }).map_err(|e| out_err(&e))?;
+    let header = serde_json::to_vec(&Header { arrow: arrow_release(), columns: layout.columns.clone() })
+        .map_err(|e| out_err(&e))?;
     let write = || -> Result<(), LookupError> {
         let out = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| out_err(&e))?);
         let mut w = Counted { out, at: 0 };
@@ -506,9 +561,10 @@ fn build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<(), LookupErr
         w.put(&header).map_err(|e| out_err(&e))?;
         let mut directory: Vec<(u64, u64, u32)> = Vec::new();
         for batch in reader {
-            let batch = conform(&batch.map_err(|e| err(&e))?, &schema).map_err(|e| err(&e))?;
-            let keys = key_converter
-                .convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?)
+            let batch = conform(&batch.map_err(|e| err(&e))?, &layout.schema).map_err(|e| err(&e))?;
+            let keys = layout
+                .encoder
+                .convert_columns(&key_columns(&batch, &layout.keys).map_err(|e| err(&e))?)
                 .map_err(|e| err(&e))?;
             let rows = rows_converter.convert_columns(batch.columns()).map_err(|e| err(&e))?;
             for (k, r) in keys.iter().zip(rows.iter()) {
@@ -537,10 +593,7 @@ fn build(dataset: &Dataset, data: &Path, sidecar: &Path) -> Result<(), LookupErr
     written
 }
 
-fn key_columns(
-    batch: &RecordBatch,
-    fields: &[(String, arrow::datatypes::DataType)],
-) -> Result<Vec<ArrayRef>, arrow::error::ArrowError> {
+fn key_columns(batch: &RecordBatch, fields: &[(String, DataType)]) -> Result<Vec<ArrayRef>, arrow::error::ArrowError> {
     fields
         .iter()
         .map(|(name, t)| {
@@ -554,12 +607,10 @@ fn key_columns(
 
 /// Finds each key's row: candidates by hash in every file's directory, read
 /// and decoded, kept when their key equals the one asked.
-fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -> Result<Found, LookupError> {
-    let schema = nullable(&dataset.arrow_schema());
+fn find(layout: &Layout, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -> Result<Found, LookupError> {
     let arrow_err = |e: &dyn std::fmt::Display| LookupError::Index { path: PathBuf::new(), message: e.to_string() };
-    let converter = converter(dataset).map_err(|e| arrow_err(&e))?;
-    let asked = converter.convert_columns(wanted).map_err(|e| arrow_err(&e))?;
-    let fields = key_fields(dataset);
+    let asked = layout.encoder.convert_columns(wanted).map_err(|e| arrow_err(&e))?;
+    let asked_hashes: Vec<u64> = (0..n).map(|k| hash(asked.row(k).as_ref())).collect();
     let mut batches: Vec<RecordBatch> = Vec::new();
     // For each key asked: (batch, row) where it was found.
     let mut hits: Vec<Option<(usize, usize)>> = vec![None; n];
@@ -568,7 +619,7 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
         let mut candidates: Vec<(usize, usize)> = Vec::new();
         for (k, hit) in hits.iter().enumerate() {
             if hit.is_none() {
-                candidates.extend(file.candidates(hash(asked.row(k).as_ref())).map(|i| (i, k)));
+                candidates.extend(file.candidates(asked_hashes[k]).map(|i| (i, k)));
             }
         }
         if candidates.is_empty() {
@@ -583,9 +634,13 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
             .map_err(|e| err(&e))?;
         let columns = file.rows.convert_rows(bytes.iter().map(|b| parser.parse(b))).map_err(|e| err(&e))?;
         let batch = RecordBatch::try_new(file.schema.clone(), columns).map_err(|e| err(&e))?;
-        let batch = conform(&batch, &schema).map_err(|e| err(&e))?;
-        let found =
-            converter.convert_columns(&key_columns(&batch, &fields).map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        // A file written before the dataset's columns changed is read as the dataset is now.
+        let batch =
+            if file.schema == layout.schema { batch } else { conform(&batch, &layout.schema).map_err(|e| err(&e))? };
+        let found = layout
+            .encoder
+            .convert_columns(&key_columns(&batch, &layout.keys).map_err(|e| err(&e))?)
+            .map_err(|e| err(&e))?;
         for (row, (_, k)) in candidates.iter().enumerate() {
             if hits[*k].is_none() && found.row(row) == asked.row(*k) {
                 hits[*k] = Some((batches.len(), row));
@@ -595,18 +650,18 @@ fn find(dataset: &Dataset, snapshot: &Snapshot, wanted: &[ArrayRef], n: usize) -
     }
     // One output row per distinct hit (a key asked twice is answered by one row).
     let mut picked: Vec<(usize, usize)> = Vec::new();
+    let mut slots: HashMap<(usize, usize), usize> = HashMap::new();
     let mut index = Vec::with_capacity(n);
     for hit in hits {
-        index.push(hit.map(|h| match picked.iter().position(|p| *p == h) {
-            Some(i) => i,
-            None => {
+        index.push(hit.map(|h| {
+            *slots.entry(h).or_insert_with(|| {
                 picked.push(h);
                 picked.len() - 1
-            }
+            })
         }));
     }
     let rows = if picked.is_empty() {
-        RecordBatch::new_empty(schema)
+        RecordBatch::new_empty(layout.schema.clone())
     } else if let [(batch, row)] = picked[..] {
         // One row (a single lookup): a view of it, nothing copied.
         batches[batch].slice(row, 1)

@@ -173,10 +173,10 @@ impl Writer {
             }
             let signed_at = format_time(&Utc::now());
             let signature = self.keys.sign_checkpoint(seq, &hash, &signed_at);
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO audit_checkpoints (seq, hash, signed_at, signature) VALUES (?1, ?2, ?3, ?4)",
-                params![seq, hash, signed_at, signature],
-            )?;
+            )?
+            .execute(params![seq, hash, signed_at, signature])?;
         }
         tx.commit()?;
         Ok(Head { seq, hash, time })

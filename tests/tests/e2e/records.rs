@@ -4,7 +4,7 @@
 
 use gdx_tests::{TestServer, id_number, population};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 struct City {
     s: TestServer,
@@ -185,4 +185,51 @@ async fn versions_restart_and_a_lost_index() {
     let (_, v) = s.get(&record(&format!("/{a}")), &steward).await;
     assert_eq!(v["record"]["name"], "张三丰", "{v}");
     assert!(!stamps(&index).is_empty());
+
+    // Lost while stopped: the start loads the index of the current version
+    // in the background, building it again, before any lookup asks.
+    s.stop().await;
+    std::fs::remove_dir_all(s.data_dir().join("index")).expect("remove index");
+    s.start_on(&dir).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !index.is_dir() || !stamps(&index).iter().any(|(n, _)| n.ends_with(".keys")) {
+        assert!(std::time::Instant::now() < deadline, "the index was not built at start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, v) = s.get(&record(&format!("/{a}")), &steward).await;
+    assert_eq!(v["record"]["name"], "张三丰", "{v}");
+}
+
+#[tokio::test]
+async fn a_column_added_later_reads_as_null_from_older_files() {
+    let City { s, steward, a, b, .. } = city().await;
+    let (_, v) = s.get(&record(&format!("/{a}")), &steward).await;
+    assert_eq!(v["record"].as_object().map(|r| r.contains_key("phone")), Some(false), "{v}");
+    let (_, d) = s.get("/api/v1/datasets/gongan.residents", &steward).await;
+    let mut columns = d["columns"].clone();
+    columns.as_array_mut().expect("columns").push(json!({"name": "phone", "type": "string"}));
+    let (code, v) = s.patch("/api/v1/datasets/gongan.residents", &steward, json!({"columns": columns})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    // Version 1's file has no phone: the record reads as the dataset is now.
+    let (code, v) = s.get(&record(&format!("/{a}")), &steward).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!((&v["record"]["name"], &v["record"]["phone"]), (&json!("张三"), &Value::Null), "{v}");
+    let csv =
+        format!("id_number,name,birth_date,county_code,income,phone\n{b},李四,1990-01-01,441403,250,13812345678\n");
+    let (code, v) = s
+        .upload("/api/v1/datasets/gongan.residents/versions?mode=upsert", &steward, "text/csv", csv.into_bytes(), &[])
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    // One batch across a file with the column and one without.
+    let (code, v) = s.post(&record(":batchGet"), &steward, json!({"keys": [b, a]})).await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    let got: Vec<(Value, Value)> = v["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| (r["id_number"].clone(), r["phone"].clone()))
+        .collect();
+    assert_eq!(got, vec![(json!(b), json!("13812345678")), (json!(a), Value::Null)], "{v}");
+    let (_, v) = s.get(&record(&format!("/{b}?as_of=1")), &steward).await;
+    assert_eq!((&v["record"]["income"], &v["record"]["phone"]), (&json!("200.00"), &Value::Null), "{v}");
 }
