@@ -39,20 +39,22 @@ SOURCES = {
 # measurements so far have shown (docs/performance.md has the history).
 BEHIND = {
     ("lookup", "p99"): (
-        "The body of the distribution is CPU. At 19,000 to 20,000 lookups/s the two tokio workers, the audit "
-        "writer and the subject indexer share two cores with the load generator's two threads; with 32 "
-        "connections in a closed loop the mean latency is 32 divided by the rate, about 1.6 ms, and the p99 "
-        "is three to four times that. Every request in flight also waits for the audit commit's fdatasync. "
-        "The subject index no longer grows the tail run after run (2026-12-05: it is written in generations "
-        "that stay in the page cache; before, the p99 rose from about 7 to 15 ms over the five runs).",
-        "Less CPU per audited request: each commit writes a leaf of nine B-trees (moving the index rows behind "
-        "the chain was tried and lengthened the tail, docs/performance.md); a single key answered without "
-        "building a RecordBatch; fewer allocations per request.",
+        "The body of the distribution is CPU. The two tokio workers, the audit writer and the subject "
+        "indexer share two cores with the load generator's two threads; with 32 connections in a closed loop "
+        "the mean latency is 32 divided by the rate (1.6 ms at 20,000 lookups/s, 3.2 ms at 10,000), and the "
+        "p99 is three to five times that. Not waiting for the audit commit left the p99 where it was "
+        "(docs/performance.md, 2026-12-05): the tail is the queue for the cores, so it follows the CPU per "
+        "lookup and the machine's speed (19,476/s and p99 5.46 ms on the machine of 805b36c; about half that "
+        "rate, and about 2.6 times the p99, on the machine of 2b0491f).",
+        "Less CPU per audited request: each commit writes a leaf of seven B-trees (moving the index rows "
+        "behind the chain was tried and lengthened the tail, docs/performance.md); a single key answered "
+        "without building a RecordBatch; fewer allocations per request.",
     ),
     ("lookup", "throughput"): (
         "On two cores the server's workers, the audit writer, its subject indexer and the load generator "
         "take turns; per lookup the server spends about as much CPU on HTTP and the audit commit as on the "
-        "lookup itself.",
+        "lookup itself. The aim was met on the machine of 805b36c (19,476/s), which runs the same build about "
+        "twice as fast as the machine of 2b0491f.",
         "Less CPU per request: fewer allocations per request, a leaner path from the sidecar's row bytes to "
         "the masked JSON.",
     ),
@@ -263,6 +265,18 @@ def criterion(directory, figures_path):
     print("\n".join(lines))
 
 
+def prev_versions(out):
+    """The versions of the last report (a report rendered again without a run)."""
+    try:
+        return json.load(open(os.path.join(out, "benchmarks.json"), encoding="utf-8")).get("versions", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def describe(machine):
+    return f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, {machine['os']}"
+
+
 def report(figures_path, sections, out, command, started, mode, only):
     run = [b for b in ORDER if b in only.split(",")]
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -271,9 +285,20 @@ def report(figures_path, sections, out, command, started, mode, only):
     for b in run:
         path = os.path.join(sections, f"{b}.md")
         texts[b] = open(path, encoding="utf-8").read().strip() if os.path.exists(path) else ""
-    runs = {b: {"command": command, "started": started, "finished": finished} for b in run}
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib(), 1),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    v = versions() if run else prev_versions(out)
+    # Each benchmark names the machine and the GDX build it ran on: a report
+    # can hold sections of several runs.
+    runs = {b: {"command": command, "started": started, "finished": finished, "machine": machine,
+                "gdx": v.get("GDX")} for b in run}
     # A run of some benchmarks keeps the others' figures from the last report of the same sizes.
     previous = os.path.join(out, "benchmarks.json")
+    prev = {}
     if os.path.exists(previous):
         try:
             prev = json.load(open(previous, encoding="utf-8"))
@@ -283,10 +308,18 @@ def report(figures_path, sections, out, command, started, mode, only):
             for b, text in prev.get("sections", {}).items():
                 if b not in run and b in ORDER:
                     texts[b] = text
-                    runs[b] = prev.get("runs", {}).get(b, {})
+                    runs[b] = dict(prev.get("runs", {}).get(b, {}))
+                    # Reports before runs named their machine: the report's own was the last run's.
+                    if "machine" not in runs[b] and runs[b].get("started") == prev.get("started"):
+                        runs[b]["machine"] = prev.get("machine")
+                        runs[b]["gdx"] = prev.get("versions", {}).get("GDX")
             kept = [f for f in prev.get("figures", []) if benchmark_of(f) in texts and benchmark_of(f) not in run]
             figures = [{k: f[k] for k in ("benchmark", "system", "metric", "median", "min", "max", "unit", "runs")}
                        for f in kept] + figures
+    if not run and prev:
+        # Rendered again without a run: the report's own fields stay the last run's.
+        command, started, finished = prev.get("command", command), prev.get("started", started), prev.get("finished", finished)
+        machine = prev.get("machine", machine)
     goals(figures)
     if mode == "--quick":
         # The goals are for the default sizes: shown, not held against small runs.
@@ -300,13 +333,6 @@ def report(figures_path, sections, out, command, started, mode, only):
             g = find(figures, f["benchmark"], "GDX", f["metric"])
             if g and f["median"]:
                 f["ratio"] = g["median"] / f["median"]
-    machine = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory_gib(), 1),
-        "os": f"{platform.system()} {platform.release()}",
-    }
-    v = versions()
     doc = {"command": command, "mode": mode, "started": started, "finished": finished, "machine": machine,
            "versions": v, "runs": runs, "sections": texts, "figures": [{k: f.get(k) for k in ("benchmark", "system", "metric", "median", "min", "max",
                                                               "unit", "runs", "goal", "met", "ratio")}
@@ -323,8 +349,14 @@ def report(figures_path, sections, out, command, started, mode, only):
               "[`benchmarks.json`](benchmarks.json); how the figures got here, what was tried and what was not "
               "kept is in [`performance.md`](performance.md).")
     md.append("")
-    md.append(f"- Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, {machine['os']}")
-    md.append("- Versions: " + "; ".join(f"{k} {val}" for k, val in v.items()))
+    if runs:
+        last = max(runs.values(), key=lambda r: r.get("started") or "")
+        latest = [b for b in ORDER if runs.get(b, {}).get("started") == last.get("started")]
+        where = describe(last["machine"]) if last.get("machine") else "machine not recorded"
+        md.append(f"- Latest run ({', '.join(latest)}): {where}; GDX {last.get('gdx') or '?'}. Each benchmark "
+                  "names the machine and GDX build it ran on under its heading: compare figures only within one "
+                  "machine.")
+    md.append("- Versions (latest run): " + "; ".join(f"{k} {val}" for k, val in v.items()))
     md.append("- Every figure is the median of its runs with the min–max; the answers of GDX and its peers are "
               "checked equal (row counts and checksums) before any time is reported.")
     md.append("")
@@ -360,7 +392,10 @@ def report(figures_path, sections, out, command, started, mode, only):
         md.append(f"## {TITLES[b]}")
         md.append("")
         r = runs.get(b, {})
-        md.append(f"`{r.get('command', '?')}`, {r.get('started', '?')} to {r.get('finished', '?')}. Goal ({SOURCES[b]}).")
+        on = (f"on {describe(r['machine'])}, GDX {r.get('gdx') or '?'}" if r.get("machine")
+              else "machine and GDX build not recorded")
+        md.append(f"`{r.get('command', '?')}`, {r.get('started', '?')} to {r.get('finished', '?')}, {on}. "
+                  f"Goal ({SOURCES[b]}).")
         md.append("")
         md.append(texts[b])
         md.append("")
