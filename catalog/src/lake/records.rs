@@ -89,6 +89,67 @@ pub struct FileKeys {
     lengths: Vec<u32>,
     /// Where the hashes of each leading-bits prefix start ([`Buckets`]).
     buckets: Buckets,
+    /// Bytes of [`READ_AHEAD`] this sidecar holds, given back when it is dropped.
+    read_ahead: u64,
+}
+
+impl Drop for FileKeys {
+    fn drop(&mut self) {
+        READ_AHEAD.give(self.read_ahead);
+    }
+}
+
+/// How many bytes of sidecar rows may be read ahead into the page cache at
+/// a time, across the process: a quarter of the machine's memory. A sidecar
+/// that would pass it is not read ahead (its rows are read from disk as
+/// lookups ask for them), so that a lake whose indexes outgrow memory does
+/// not push everything else out of the page cache.
+static READ_AHEAD: Budget = Budget::new();
+
+/// A process-wide allowance of bytes, taken and given back.
+#[derive(Debug)]
+struct Budget {
+    limit: std::sync::OnceLock<u64>,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    const fn new() -> Self {
+        Self { limit: std::sync::OnceLock::new(), used: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    #[cfg(test)]
+    fn with_limit(limit: u64) -> Self {
+        let budget = Self::new();
+        let _ = budget.limit.set(limit);
+        budget
+    }
+
+    fn limit(&self) -> u64 {
+        *self.limit.get_or_init(|| memory_total().unwrap_or(0) / 4)
+    }
+
+    /// Takes `bytes` if they fit, and says whether they did.
+    fn take(&self, bytes: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let limit = self.limit();
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The machine's memory in bytes (`MemTotal` of `/proc/meminfo`), when known.
+fn memory_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?.trim();
+    kib.parse::<u64>().ok()?.checked_mul(1024)
 }
 
 /// A radix table over a sorted list of uniformly spread hashes: for each
@@ -496,8 +557,14 @@ fn read_sidecar(path: &Path) -> Option<FileKeys> {
     let rows =
         RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect()).ok()?;
     let buckets = Buckets::new(&hashes)?;
-    read_ahead(path, &file, directory);
-    Some(FileKeys { sidecar: path.to_path_buf(), file, schema, rows, hashes, offsets, lengths, buckets })
+    let read_ahead = if READ_AHEAD.take(directory) {
+        start_read_ahead(path, &file, directory);
+        directory
+    } else {
+        tracing::debug!(sidecar = %path.display(), bytes = directory, "record index not read ahead: over a quarter of memory");
+        0
+    };
+    Some(FileKeys { sidecar: path.to_path_buf(), file, schema, rows, hashes, offsets, lengths, buckets, read_ahead })
 }
 
 /// Asks the kernel to read the first `len` bytes of a sidecar (its rows)
@@ -506,8 +573,9 @@ fn read_sidecar(path: &Path) -> Option<FileKeys> {
 /// audit log's syncs, which every lookup also waits for (at 10 M people a
 /// sync took 311 ms while they ran; see `docs/performance.md`). Read ahead
 /// once, the rows are then served from memory for as long as the kernel
-/// keeps them. A hint only: nothing fails if it is not taken.
-fn read_ahead(path: &Path, file: &File, len: u64) {
+/// keeps them. A hint only: nothing fails if it is not taken. Bounded by
+/// [`READ_AHEAD`].
+fn start_read_ahead(path: &Path, file: &File, len: u64) {
     #[cfg(target_os = "linux")]
     {
         let Ok(file) = file.try_clone() else { return };
@@ -678,7 +746,24 @@ fn nullable(schema: &Schema) -> SchemaRef {
 
 #[cfg(test)]
 mod tests {
-    use super::Buckets;
+    use super::{Buckets, Budget};
+
+    #[test]
+    fn the_read_ahead_budget_is_taken_within_its_limit_and_given_back() {
+        let budget = Budget::with_limit(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "60 + 41 is over the limit");
+        assert!(budget.take(40));
+        assert!(!budget.take(1));
+        budget.give(60);
+        assert!(budget.take(60));
+        assert!(!budget.take(u64::MAX), "no overflow");
+        if cfg!(target_os = "linux") {
+            let total = super::memory_total().expect("MemTotal");
+            assert_eq!(Budget::new().limit(), total / 4, "a quarter of memory");
+            assert!(total > 1 << 20);
+        }
+    }
 
     /// The entries equal to `h` by binary search, the reference.
     fn reference(hashes: &[u64], h: u64) -> std::ops::Range<usize> {
