@@ -126,9 +126,8 @@ pub fn warm_record_index(
             }
         };
         let (mut loaded, mut rows) = (0usize, 0usize);
-        let keyed = datasets.iter().filter(|d| !d.primary_key.is_empty() && d.current_version.is_some());
-        for d in keyed.take(RecordIndex::KEPT_VERSIONS) {
-            let Some(current) = d.current_version else { continue };
+        let keyed = datasets.iter().filter(|d| !d.primary_key.is_empty()).filter_map(|d| Some((d, d.current_version?)));
+        for (d, current) in keyed.take(RecordIndex::KEPT_VERSIONS) {
             let delta = match catalog.store().version(&d.id, current).await {
                 Ok(v) => v.delta_version,
                 Err(e) => {

@@ -43,8 +43,6 @@ use crate::model::{ColumnType, Dataset};
 
 /// Keys a lookup answers on the calling thread; more go to a blocking thread.
 const INLINE_KEYS: usize = 16;
-/// Versions whose file lists are kept in memory.
-const CACHED_VERSIONS: usize = RecordIndex::KEPT_VERSIONS;
 const MAGIC: &[u8; 8] = b"GDXKEYS2";
 
 /// Why a lookup failed.
@@ -355,7 +353,7 @@ impl RecordIndex {
         let snapshot = Arc::new(Snapshot { files });
         let mut versions = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         versions.push_front((cache_key, snapshot.clone()));
-        versions.truncate(CACHED_VERSIONS);
+        versions.truncate(Self::KEPT_VERSIONS);
         Ok(snapshot)
     }
 

@@ -217,21 +217,26 @@ pub(super) fn select_records(
         }
     }
     conds.extend(time_window(conn, &mut sql, seq, filter.from.as_ref(), filter.to.as_ref())?);
-    if let Scope::Departments(set) = scope {
-        if set.is_empty() {
-            conds.push("0".into());
-        } else {
-            let own = sql.in_list(set);
-            let provided = sql.in_list(set);
-            conds.push(format!(
-                "(i.department IN ({own}) OR EXISTS (SELECT 1 FROM audit_refs p \
-                 WHERE p.kind = 'provider' AND p.value IN ({provided}) AND p.seq = {seq}))"
-            ));
-        }
-    }
+    conds.extend(scope_condition(&mut sql, scope, |provided| {
+        format!("EXISTS (SELECT 1 FROM audit_refs p WHERE p.kind = 'provider' AND p.value IN ({provided}) AND p.seq = {seq})")
+    }));
     let limit = sql.bind(i64::try_from(limit).unwrap_or(i64::MAX));
     sql.text = format!("SELECT l.seq, l.record FROM {from} WHERE {} ORDER BY {seq} LIMIT {limit}", conds.join(" AND "));
     Ok(sql)
+}
+
+/// The condition of a departments' scope: records of the departments' own
+/// principals, or concerning a dataset they provide (`provides` makes that
+/// test of a bound list of departments). `None` for every record.
+fn scope_condition(sql: &mut Sql, scope: &Scope, provides: impl FnOnce(&str) -> String) -> Option<String> {
+    let Scope::Departments(set) = scope else { return None };
+    if set.is_empty() {
+        return Some("0".into());
+    }
+    // Bound in this order: the department list first.
+    let own = sql.in_list(set);
+    let provided = sql.in_list(set);
+    Some(format!("(i.department IN ({own}) OR {})", provides(&provided)))
 }
 
 /// The usage counts of [`Reader::usage`]: `SELECT dataset, department,
@@ -261,18 +266,12 @@ fn usage_sql(
     let mut conds =
         vec!["r.kind = 'dataset'".to_string(), "i.outcome = 'ok'".into(), format!("i.action IN ({actions})")];
     conds.extend(time_window(conn, &mut sql, "r.seq", from, to)?);
-    if let Scope::Departments(set) = scope {
-        if set.is_empty() {
-            conds.push("0".into());
-        } else {
-            let own = sql.in_list(set);
-            let provided = sql.in_list(set);
-            conds.push(format!(
-                "(i.department IN ({own}) OR (CASE WHEN instr(r.value, '.') > 0 \
-                 THEN substr(r.value, 1, instr(r.value, '.') - 1) ELSE r.value END) IN ({provided}))"
-            ));
-        }
-    }
+    conds.extend(scope_condition(&mut sql, scope, |provided| {
+        format!(
+            "(CASE WHEN instr(r.value, '.') > 0 THEN substr(r.value, 1, instr(r.value, '.') - 1) \
+             ELSE r.value END) IN ({provided})"
+        )
+    }));
     sql.text = format!(
         "SELECT r.value, i.department, count(*), coalesce(sum(i.rows), 0), max(i.at) \
          FROM ({datasets}) d CROSS JOIN audit_refs r CROSS JOIN audit_index i \
