@@ -187,9 +187,15 @@ impl ApiError {
         Self::new(NOT_FOUND, format!("{kind} '{id}' not found"))
     }
 
-    /// 500: logs `cause` and answers a generic message.
+    /// 500: logs `cause`, with the method and route of the request being
+    /// handled if any, and answers a generic message.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
+        let logged = super::REQUEST.try_with(|r| {
+            tracing::error!(error = %cause, method = %r.method, route = %r.route, "internal error");
+        });
+        if logged.is_err() {
+            tracing::error!(error = %cause, "internal error");
+        }
         Self::new(INTERNAL, "the server failed to handle the request; the failure has been logged")
     }
 
