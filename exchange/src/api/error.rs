@@ -190,7 +190,7 @@ impl ApiError {
     /// 500: logs `cause`, with the method and route of the request being
     /// handled if any, and answers a generic message.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        let logged = super::REQUEST.try_with(|r| {
+        let logged = super::observe::REQUEST.try_with(|r| {
             tracing::error!(error = %cause, method = %r.method, route = %r.route, "internal error");
         });
         if logged.is_err() {
