@@ -44,17 +44,23 @@ BEHIND = {
         "the mean latency is 32 divided by the rate (1.6 ms at 20,000 lookups/s, 3.2 ms at 10,000), and the "
         "p99 is three to five times that. Not waiting for the audit commit left the p99 where it was "
         "(docs/performance.md, 2026-12-05): the tail is the queue for the cores, so it follows the CPU per "
-        "lookup and the machine's speed (19,476/s and p99 5.46 ms on the machine of 805b36c; about half that "
-        "rate, and about 2.6 times the p99, on the machine of 2b0491f).",
-        "Less CPU per audited request: each commit writes a leaf of seven B-trees (moving the index rows "
-        "behind the chain was tried and lengthened the tail, docs/performance.md); a single key answered "
-        "without building a RecordBatch; fewer allocations per request.",
+        "lookup and the machine's speed (19,476/s and p99 5.46 ms on the Intel Xeon of 805b36c; 9,500 to "
+        "11,500/s and p99 12 to 14 ms on the AMD EPYC of the later runs). A p99 of 5 ms thus needs 21,000 to "
+        "26,000 lookups/s from 32 connections, about 80 µs of CPU a lookup for server, kernel and load "
+        "generator together, against about 165 µs measured on the AMD machine (docs/performance.md, "
+        "2026-12-05, fourth).",
+        "Halving the CPU per audited request, which no single part allows: of a lookup's instructions the "
+        "handler is a quarter, the audit writer's and indexer's SQLite work another, HTTP and the middleware "
+        "about a quarter. Candidates: fewer B-trees written per commit (each writes a leaf of seven; moving "
+        "the index rows behind the chain was tried and lengthened the tail); a single key answered without "
+        "building a RecordBatch; fewer allocations per request.",
     ),
     ("lookup", "throughput"): (
         "On two cores the server's workers, the audit writer, its subject indexer and the load generator "
         "take turns; per lookup the server spends about as much CPU on HTTP and the audit commit as on the "
-        "lookup itself. The aim was met on the machine of 805b36c (19,476/s), which runs the same build about "
-        "twice as fast as the machine of 2b0491f.",
+        "lookup itself. The aim was met on the Intel Xeon of 805b36c (19,476/s) and on the AMD EPYC of "
+        "50a6f51 (11,524/s); that machine's speed drifts by 10-15% from one run to the next, and it gave "
+        "9,535/s with 2b0491f.",
         "Less CPU per request: fewer allocations per request, a leaner path from the sidecar's row bytes to "
         "the masked JSON.",
     ),
