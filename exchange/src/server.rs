@@ -150,10 +150,30 @@ pub struct App {
     watcher: JoinHandle<()>,
     push: Vec<JoinHandle<()>>,
     warm: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
     audit: crate::audit::AuditLog,
     tls: Option<Arc<crate::tls::Reloader>>,
     reload: Option<JoinHandle<()>>,
     _lock: std::fs::File,
+}
+
+/// How often the latencies recorded since the last time are folded into the
+/// `/metrics` distributions. Until then the recorder keeps each observation
+/// on its own (about 20 bytes a request): a server nobody scrapes grew by
+/// some 70 MB an hour per 1,000 requests a second.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds the recorded latencies into their distributions every
+/// [`METRICS_UPKEEP`] (a scrape of `/metrics` does it too).
+fn metrics_upkeep(handle: PrometheusHandle) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
 }
 
 /// The process-wide Prometheus recorder (metrics macros use one global recorder).
@@ -292,6 +312,8 @@ impl App {
             )
         });
         let warm = crate::ingest::warm_record_index(catalog.clone(), lake.clone(), records.clone());
+        let metrics = metrics_handle();
+        let upkeep = metrics_upkeep(metrics.clone());
         let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
             .map_err(|e| Error::Config { message: e.to_string() })?;
         let state = AppState::new(crate::state::Shared {
@@ -300,7 +322,7 @@ impl App {
             routes: Arc::new(routes),
             data,
             config: Arc::new(config.clone()),
-            metrics: metrics_handle(),
+            metrics: metrics.clone(),
             secret: Arc::new(secret),
             calendar: Arc::new(calendar),
             audit: audit.clone(),
@@ -339,6 +361,7 @@ impl App {
             reload,
             push,
             warm,
+            upkeep,
             audit,
             _lock: lock,
         })
@@ -377,6 +400,7 @@ impl App {
         }
         self.watcher.abort();
         self.warm.abort();
+        self.upkeep.abort();
         if let Some(r) = self.reload.take() {
             r.abort();
         }
