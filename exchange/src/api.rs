@@ -171,8 +171,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(observe::observe))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // At debug level only: formatting a span's fields for every
-            // request cost 5% of a record lookup's instructions. At the
-            // default level, [`observe`] gives failures their route.
+            // request cost 3-5% of a record lookup's instructions. At the
+            // default level, `observe` gives failures their route.
             // The route template, never the concrete path: paths carry keys.
             let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
             tracing::debug_span!("http", method = %req.method(), route = route.unwrap_or("-"))

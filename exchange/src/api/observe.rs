@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 /// The request being handled, for log lines written while handling it
-/// ([`ApiError::internal`]).
+/// ([`super::error::ApiError::internal`]).
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The HTTP method.
@@ -51,18 +51,17 @@ mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
+    use axum::Router;
     use axum::body::Body;
     use axum::http::StatusCode;
-    use tower::ServiceExt;
-
-    use axum::Router;
     use axum::middleware;
     use axum::routing::get;
+    use tower::ServiceExt;
 
     use super::*;
     use crate::api::error::ApiError;
 
-    /// Log lines written while `f` runs on this thread, at the default level.
+    /// What the test's subscriber writes.
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
