@@ -311,9 +311,6 @@ impl App {
                 std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
             )
         });
-        let warm = crate::ingest::warm_record_index(catalog.clone(), lake.clone(), records.clone());
-        let metrics = metrics_handle();
-        let upkeep = metrics_upkeep(metrics.clone());
         let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
             .map_err(|e| Error::Config { message: e.to_string() })?;
         let state = AppState::new(crate::state::Shared {
@@ -322,7 +319,7 @@ impl App {
             routes: Arc::new(routes),
             data,
             config: Arc::new(config.clone()),
-            metrics: metrics.clone(),
+            metrics: metrics_handle(),
             secret: Arc::new(secret),
             calendar: Arc::new(calendar),
             audit: audit.clone(),
@@ -341,6 +338,10 @@ impl App {
         let listener = crate::tls::Listener::new(tcp, tls.clone())
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr();
+        // Started once nothing can fail any more, so that a refused start
+        // leaves no task behind.
+        let warm = crate::ingest::warm_record_index(state.catalog.clone(), state.lake.clone(), state.records.clone());
+        let upkeep = metrics_upkeep(state.metrics.clone());
         let reload = tls.clone().map(|t| tokio::spawn(t.watch(crate::tls::RELOAD_POLL)));
         let (tx, rx) = oneshot::channel::<()>();
         let timeouts = Timeouts {
