@@ -39,14 +39,17 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
+# The requests are formatted once (as in bench-lookup.sh).
 cat >"$tmp/lookup.lua" <<LUA
-local keys = {}
-for line in io.lines("$dir/keys.txt") do keys[#keys + 1] = line end
-local auth = "Bearer " .. io.open("$dir/service.token"):read("*l")
+local headers = { Authorization = "Bearer " .. io.open("$dir/service.token"):read("*l") }
+local prepared = {}
+for line in io.lines("$dir/keys.txt") do
+  prepared[#prepared + 1] = wrk.format("GET", "/api/v1/datasets/gongan.population/records/" .. line, headers)
+end
+local n, random = #prepared, math.random
 math.randomseed(os.time())
 request = function()
-  return wrk.format("GET", "/api/v1/datasets/gongan.population/records/" .. keys[math.random(#keys)],
-    { Authorization = auth })
+  return prepared[random(n)]
 end
 done = function(summary, latency, requests)
   local s = ""
