@@ -300,17 +300,7 @@ impl App {
                 );
             }
         }
-        let watcher = tokio::spawn(data.clone().watch(DATA_RULES_POLL));
         let records = Arc::new(gdx_catalog::lake::records::RecordIndex::new(dir.join(INDEX_DIR)));
-        let maintenance = (config.maintenance_interval_hours > 0).then(|| {
-            crate::ingest::schedule_maintenance(
-                catalog.clone(),
-                lake.clone(),
-                records.clone(),
-                std::time::Duration::from_secs(config.maintenance_interval_hours * 3600),
-                std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
-            )
-        });
         let push_store = crate::push::PushStore::open(&dir.join(crate::push::PUSH_DB))
             .map_err(|e| Error::Config { message: e.to_string() })?;
         let state = AppState::new(crate::state::Shared {
@@ -328,10 +318,6 @@ impl App {
             push: Arc::new(crate::push::Push::new(push_store)),
             limits: Arc::new(crate::limits::Limiter::new(config.limits.clone())),
         });
-        let push = vec![
-            tokio::spawn(crate::push::eval::evaluator(state.clone())),
-            tokio::spawn(crate::push::deliver::deliverer(state.clone())),
-        ];
         let tcp = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
@@ -340,6 +326,20 @@ impl App {
         let addr = listener.local_addr();
         // Started once nothing can fail any more, so that a refused start
         // leaves no task behind.
+        let watcher = tokio::spawn(state.data.clone().watch(DATA_RULES_POLL));
+        let maintenance = (config.maintenance_interval_hours > 0).then(|| {
+            crate::ingest::schedule_maintenance(
+                state.catalog.clone(),
+                state.lake.clone(),
+                state.records.clone(),
+                std::time::Duration::from_secs(config.maintenance_interval_hours * 3600),
+                std::time::Duration::from_secs(config.vacuum_retention_hours * 3600),
+            )
+        });
+        let push = vec![
+            tokio::spawn(crate::push::eval::evaluator(state.clone())),
+            tokio::spawn(crate::push::deliver::deliverer(state.clone())),
+        ];
         let warm = crate::ingest::warm_record_index(state.catalog.clone(), state.lake.clone(), state.records.clone());
         let upkeep = metrics_upkeep(state.metrics.clone());
         let reload = tls.clone().map(|t| tokio::spawn(t.watch(crate::tls::RELOAD_POLL)));

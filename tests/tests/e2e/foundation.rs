@@ -525,6 +525,24 @@ async fn one_data_directory_one_server() {
     assert!(matches!(second, Err(gdx_exchange::Error::Locked { .. })), "{second:?}");
 }
 
+/// A start refused at its last step (the port is taken) leaves no task of
+/// its own running, and its data directory can be served afterwards.
+#[tokio::test]
+async fn a_start_refused_for_a_taken_port_leaves_no_task_behind() {
+    let s = TestServer::start().await;
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = alive();
+    let mut config = gdx_tests::config(&s.scratch().join("second"));
+    config.listen = s.url().rsplit("//").next().expect("address").parse().expect("socket address");
+    let refused = gdx_exchange::App::start(config.clone()).await;
+    assert!(matches!(refused, Err(gdx_exchange::Error::Bind { .. })), "{refused:?}");
+    assert!(alive() <= before, "tasks left running by the refused start");
+    config.listen = "127.0.0.1:0".parse().expect("loopback address");
+    let second = gdx_exchange::App::start(config).await.expect("the same directory, another port");
+    assert!(alive() > before);
+    second.stop().await.expect("stops");
+}
+
 /// Every operation of the OpenAPI document: anonymous only where the contract
 /// says so, and decided for at least one role (no route is dead or open).
 #[tokio::test]
