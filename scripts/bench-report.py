@@ -48,12 +48,16 @@ BEHIND = {
         "11,500/s and p99 12 to 14 ms on the AMD EPYC of the later runs). A p99 of 5 ms thus needs 21,000 to "
         "26,000 lookups/s from 32 connections, about 80 µs of CPU a lookup for server, kernel and load "
         "generator together, against about 165 µs measured on the AMD machine (docs/performance.md, "
-        "2026-12-05, fourth).",
+        "2026-12-05, fourth). Inside the server, a lookup's time is almost all the wait for its audit "
+        "record's group commit, which the design requires before answering: 1.7 ms at the median and 6.6 ms "
+        "at p99 on its own, with batches of 9 to 30 of the 32 requests moving together (docs/performance.md, "
+        "2026-12-05, fifth).",
         "Halving the CPU per audited request, which no single part allows: of a lookup's instructions the "
         "handler is a quarter, the audit writer's and indexer's SQLite work another, HTTP and the middleware "
         "about a quarter. Candidates: fewer B-trees written per commit (each writes a leaf of seven; moving "
-        "the index rows behind the chain was tried and lengthened the tail); a single key answered without "
-        "building a RecordBatch; fewer allocations per request.",
+        "the index rows behind the chain was tried and lengthened the tail); the WAL frames of a commit "
+        "written in one system call instead of about forty; a single key answered without building a "
+        "RecordBatch; fewer allocations per request.",
     ),
     ("lookup", "throughput"): (
         "On two cores the server's workers, the audit writer, its subject indexer and the load generator "
