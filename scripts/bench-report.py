@@ -153,7 +153,9 @@ def output(cmd):
 
 
 def versions():
-    v = {"GDX": output(["git", "describe", "--always", "--dirty"]), "rustc": output(["rustc", "--version"]).removeprefix("rustc ")}
+    # bench.sh names the build before making it (GDX_BENCH_BUILD); git is asked otherwise.
+    gdx = os.environ.get("GDX_BENCH_BUILD") or output(["git", "describe", "--always", "--dirty"])
+    v = {"GDX": gdx, "rustc": output(["rustc", "--version"]).removeprefix("rustc ")}
     for module in ("duckdb", "datafusion", "polars", "deltalake"):
         try:
             v[f"{module} (Python)"] = __import__(module).__version__

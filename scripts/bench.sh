@@ -68,7 +68,13 @@ if [[ ",$only," == *",lookup,"* ]]; then
         fi
     fi
 fi
-say "building GDX (release)"
+# The build measured, named before it is made: its commit, and "-dirty" when
+# anything outside docs/ differs from it (a run writes its report into docs/,
+# and editing the docs during a run changes no figure).
+build=$(git describe --always 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain -- . ':(exclude)docs' 2>/dev/null)" ]; then build="$build-dirty"; fi
+export GDX_BENCH_BUILD="$build"
+say "building GDX (release) at $build"
 cargo build -q --release -p gdx-exchange --bin gdx
 
 work=$(mktemp -d)
