@@ -185,6 +185,8 @@ impl Keys {
 struct Job {
     record: Record,
     reply: Option<tokio::sync::oneshot::Sender<Result<u64, AuditError>>>,
+    /// When it was queued (for `gdx_audit_wait_seconds`).
+    queued: std::time::Instant,
 }
 
 /// The audit log of one `audit.db`: appends through its writer thread, reads
@@ -264,7 +266,7 @@ impl AuditLog {
     /// its seq once it is durable.
     pub async fn append(&self, record: Record) -> Result<u64, AuditError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.send(Job { record, reply: Some(reply) }).is_err() {
+        if self.send(Job { record, reply: Some(reply), queued: std::time::Instant::now() }).is_err() {
             return Err(self.stopped());
         }
         answer.await.map_err(|_| self.stopped())?
@@ -273,7 +275,7 @@ impl AuditLog {
     /// Queues `record` without waiting for it to be durable; a failure to
     /// write it is logged.
     pub fn append_detached(&self, record: Record) {
-        if let Err(job) = self.send(Job { record, reply: None }) {
+        if let Err(job) = self.send(Job { record, reply: None, queued: std::time::Instant::now() }) {
             tracing::error!(
                 path = %self.inner.path.display(),
                 action = %job.record.action,

@@ -7,9 +7,13 @@
 //! is rolled back, every caller of the batch gets the error, and the head is
 //! read again from the database before the next batch. The subjects of a
 //! committed batch are handed to the subject indexer ([`super::subjects`]).
+//! Each commit is measured in `/metrics` (`gdx_audit_commit_seconds`,
+//! `gdx_audit_batch_records`, `gdx_audit_wait_seconds`), each failed one
+//! counted (`gdx_audit_commit_failures_total`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
+use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -35,6 +39,19 @@ pub(super) struct Writer {
     keys: Arc<Keys>,
     /// Where committed subjects go; `None` once the indexer has stopped.
     subjects: Option<mpsc::Sender<Committed>>,
+}
+
+/// The metrics of a committed batch: how long its commit took (from the
+/// batch taken to durable), how many records it held, and how long the
+/// oldest of them waited from queued to durable (what an audited request
+/// pays at most).
+fn record_commit(taken: Instant, batch: &[Job]) {
+    let now = Instant::now();
+    metrics::histogram!("gdx_audit_commit_seconds").record(now.duration_since(taken));
+    metrics::histogram!("gdx_audit_batch_records").record(batch.len() as f64);
+    if let Some(oldest) = batch.iter().map(|job| job.queued).min() {
+        metrics::histogram!("gdx_audit_wait_seconds").record(now.duration_since(oldest));
+    }
 }
 
 impl Writer {
@@ -70,6 +87,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let taken = Instant::now();
             let result = match head.take() {
                 Some(h) => Ok(h),
                 None => self.read_head(),
@@ -77,6 +95,7 @@ impl Writer {
             .and_then(|h| self.commit(h, &mut batch));
             match result {
                 Ok(new_head) => {
+                    record_commit(taken, &batch);
                     self.hand_over(&new_head, &mut batch);
                     for job in batch.drain(..) {
                         if let Some(reply) = job.reply {
@@ -87,6 +106,7 @@ impl Writer {
                     head = Some(new_head);
                 }
                 Err(e) => {
+                    metrics::counter!("gdx_audit_commit_failures_total").increment(1);
                     self.log_failure(&e, batch.len());
                     for job in batch.drain(..) {
                         let error = AuditError::Unavailable { path: self.path.clone(), reason: e.to_string() };

@@ -456,6 +456,11 @@ async fn anonymous_routes_openapi_and_metrics() {
     let text = text.as_str().expect("text").to_string();
     assert!(text.contains("gdx_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/api/v1/departments\""), "{text}");
+    // The audit writer's commits: their time, their size, and the longest
+    // wait of a record from queued to durable.
+    for name in ["gdx_audit_commit_seconds", "gdx_audit_batch_records", "gdx_audit_wait_seconds"] {
+        assert!(text.contains(&format!("{name}_count")), "{name} missing: {text}");
+    }
     // Labels carry route templates, never concrete paths.
     s.get("/api/v1/datasets/gongan.secretkey", &analyst).await;
     let (_, text) = s.get("/metrics", ADMIN).await;
