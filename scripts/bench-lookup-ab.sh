@@ -47,7 +47,16 @@ for line in io.lines("$dir/keys.txt") do
   prepared[#prepared + 1] = wrk.format("GET", "/api/v1/datasets/gongan.population/records/" .. line, headers)
 end
 local n, random = #prepared, math.random
-math.randomseed(os.time())
+-- Each thread draws its own sequence (seeded alike, the threads would ask
+-- for the same keys in the same order).
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+init = function(args)
+  math.randomseed(os.time() + thread_number * 104729)
+end
 request = function()
   return prepared[random(n)]
 end

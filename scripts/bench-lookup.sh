@@ -135,7 +135,16 @@ for line in io.lines("$work/keys.txt") do
   prepared[#prepared + 1] = wrk.format("GET", prefix .. line .. suffix, headers)
 end
 local n, random = #prepared, math.random
-math.randomseed(os.time())
+-- Each thread draws its own sequence (seeded alike, the threads would ask
+-- for the same keys in the same order).
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+init = function(args)
+  math.randomseed(os.time() + thread_number * 104729)
+end
 request = function()
   return prepared[random(n)]
 end
