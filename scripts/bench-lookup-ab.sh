@@ -39,27 +39,13 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-# The requests are formatted once (as in bench-lookup.sh).
+# The load of the benchmark (scripts/lookup-load.lua), with its service.
+root=$(cd "$(dirname "$0")/.." && pwd)
+AUTH=$(cat "$dir/service.token")
+export AUTH PATH_PREFIX="/api/v1/datasets/gongan.population/records/"
 cat >"$tmp/lookup.lua" <<LUA
-local headers = { Authorization = "Bearer " .. io.open("$dir/service.token"):read("*l") }
-local prepared = {}
-for line in io.lines("$dir/keys.txt") do
-  prepared[#prepared + 1] = wrk.format("GET", "/api/v1/datasets/gongan.population/records/" .. line, headers)
-end
-local n, random = #prepared, math.random
--- Each thread draws its own sequence (seeded alike, the threads would ask
--- for the same keys in the same order).
-local threads = 0
-setup = function(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
-end
-init = function(args)
-  math.randomseed(os.time() + thread_number * 104729)
-end
-request = function()
-  return prepared[random(n)]
-end
+keys_file = "$dir/keys.txt"
+dofile("$root/scripts/lookup-load.lua")
 done = function(summary, latency, requests)
   local s = ""
   for _, p in ipairs({50, 90, 99, 99.9}) do s = s .. string.format(" p%s=%.2fms", p, latency:percentile(p) / 1000) end

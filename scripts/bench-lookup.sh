@@ -121,33 +121,10 @@ curl -sf -X PUT -H "Authorization: Bearer $steward" -H 'Content-Type: applicatio
 request=$(GDX_TOKEN="$service" "$gdx" request create gongan.population --purpose 待遇资格核验 --unmask id_number --json | jq -r .id)
 GDX_TOKEN="$steward" "$gdx" request approve "$request" >/dev/null
 
-# Every request is formatted once, when wrk starts, and drawn at random
-# after that: wrk shares the two cores with the server, and formatting a
-# request per call in Lua cost it about 3 us of CPU a request.
+# The load (scripts/lookup-load.lua) and what a run reports.
 cat >"$work/lookup.lua" <<LUA
-local prefix = os.getenv("PATH_PREFIX")
-local auth = os.getenv("AUTH")
-local suffix = os.getenv("PATH_SUFFIX") or ""
-local headers = {}
-if auth and auth ~= "" then headers["Authorization"] = "Bearer " .. auth end
-local prepared = {}
-for line in io.lines("$work/keys.txt") do
-  prepared[#prepared + 1] = wrk.format("GET", prefix .. line .. suffix, headers)
-end
-local n, random = #prepared, math.random
--- Each thread draws its own sequence (seeded alike, the threads would ask
--- for the same keys in the same order).
-local threads = 0
-setup = function(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
-end
-init = function(args)
-  math.randomseed(os.time() + thread_number * 104729)
-end
-request = function()
-  return prepared[random(n)]
-end
+keys_file = "$work/keys.txt"
+dofile("$PWD/scripts/lookup-load.lua")
 done = function(summary, latency, requests)
   local codes = 0
   io.write(string.format("RESULT p50_ms=%.3f p99_ms=%.3f rps=%.0f errors=%d\n",
